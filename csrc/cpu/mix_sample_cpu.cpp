@@ -1,0 +1,346 @@
+// CPU kernel for fastdoctor::mixed_sampling_from_logits.
+//
+// One row per task (at::parallel_for over rows). Per row:
+//   1. mix:    s = sum_k w_k z_k / T, one read of each input row, fp32 (vectorised; dtype dispatch per input)
+//   2. top-k:  k-th largest s by nth_element on a scratch copy (no full sort)
+//   3. exp:    e = exp(s - max) on the kept set, with a branch-free polynomial exp that GCC vectorises
+//   4. top-p:  mass-weighted 3-way quickselect for the threshold (expected O(V), no sort)
+//   5. sample: inverse CDF in vocabulary order at u = Philox(seed, step), skipping 64-wide blocks by sum
+// Checked against python/fastdoctor/reference.py::mixed_sampling_from_logits in tests/test_mix_sample.py.
+// Hot loops get an AVX2 clone (target_clones) picked at load time, so the wheel still runs on any x86-64.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "../common/mix_sample_args.h"
+#include "../kernels/mix_sample.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Feature-based clones (an "arch=" clone would be picked only on that exact CPU model).
+#define FD_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FD_VECTOR_CLONES
+#endif
+
+namespace fastdoctor {
+namespace {
+
+// exp(x) for x <= 0 (Cephes polynomial, about 2 ulp), exactly 0 below the float range so that -inf
+// (a masked token) gets no mass. Selects are written as bit masks: that is what lets GCC vectorise the
+// loops around it for AVX2 (a float ternary there defeats if-conversion).
+__attribute__((always_inline)) inline float exp_nonpositive(float x) {
+  const uint32_t keep = x < -87.33654f ? 0u : 0xFFFFFFFFu;
+  x = x < -87.33654f ? -87.33654f : x;
+  // n = round(x / ln 2) = -ni; for x <= 0, truncating 0.5 - x / ln 2 (> 0) is a floor, without a libm call.
+  const int32_t ni = static_cast<int32_t>(0.5f - x * 1.44269504088896341f);
+  const float n = -static_cast<float>(ni);
+  float r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const float scale = bits_as_float(static_cast<uint32_t>(127 - ni) << 23);  // 2^n
+  return bits_as_float(float_as_bits(p * scale) & keep);
+}
+
+// IEEE half -> float with integer ops only (no F16C needed), branch-free so the loop vectorises.
+__attribute__((always_inline)) inline float fp16_bits_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t magnitude = static_cast<uint32_t>(h & 0x7FFFu) << 13;  // exponent and mantissa, shifted
+  const uint32_t exponent = magnitude & (0x7C00u << 13);
+  const uint32_t normal = magnitude + ((127 - 15) << 23);
+  const uint32_t inf_nan = normal + ((128 - 16) << 23);
+  // Subnormal halves: renormalise through a float subtraction of the implicit bit.
+  const float subnormal = bits_as_float(magnitude + (113u << 23)) - bits_as_float(113u << 23);
+  const uint32_t out = exponent == (0x7C00u << 13) ? inf_nan : (exponent == 0 ? float_as_bits(subnormal) : normal);
+  return bits_as_float(out | sign);
+}
+
+// s += w * z for one input row. The caller skips zero weights (mix_term's rule), so the loop body has no
+// select and vectorises.
+FD_VECTOR_CLONES void accumulate_float32(float* __restrict s, const float* __restrict z, float w, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) s[i] = s[i] + w * z[i];
+}
+
+FD_VECTOR_CLONES void accumulate_bfloat16(float* __restrict s, const uint16_t* __restrict z, float w, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) s[i] = s[i] + w * bfloat16_bits_to_float(z[i]);
+}
+
+FD_VECTOR_CLONES void accumulate_float16(float* __restrict s, const uint16_t* __restrict z, float w, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) s[i] = s[i] + w * fp16_bits_to_float(z[i]);
+}
+
+// Divides by the temperature (division, not a reciprocal multiply, to match the reference bit for bit)
+// and returns the row maximum; flags NaN and +inf. Eight independent lanes so that the max reduction
+// vectorises without -ffast-math.
+FD_VECTOR_CLONES float scale_and_max(float* __restrict s, int64_t n, float temperature, bool* invalid) {
+  if (temperature != 1.0f) {
+    for (int64_t i = 0; i < n; ++i) s[i] = s[i] / temperature;
+  }
+  float lane_max[8];
+  int32_t lane_bad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (float& v : lane_max) v = -std::numeric_limits<float>::infinity();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const float x = s[i + j];
+      lane_bad[j] |= is_invalid_logit(x);
+      lane_max[j] = lane_max[j] < x ? x : lane_max[j];
+    }
+  }
+  float m = -std::numeric_limits<float>::infinity();
+  bool bad = false;
+  for (; i < n; ++i) {
+    bad |= is_invalid_logit(s[i]);
+    m = m < s[i] ? s[i] : m;
+  }
+  for (int j = 0; j < 8; ++j) {
+    bad |= lane_bad[j] != 0;
+    m = m < lane_max[j] ? lane_max[j] : m;
+  }
+  *invalid = bad;
+  return m;
+}
+
+// e = exp(s - m) where s >= threshold, else 0 (a pure map, so it vectorises).
+FD_VECTOR_CLONES void exp_where_kept(const float* __restrict s, float* __restrict e, int64_t n, float m,
+                                     float threshold) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = s[i];
+    const uint32_t kept = x >= threshold ? 0xFFFFFFFFu : 0u;
+    e[i] = bits_as_float(float_as_bits(exp_nonpositive(x - m)) & kept);
+  }
+}
+
+// The sum is in double (a float sum over 150k terms drifts by ~1e-5, enough to move an inverse-CDF draw by
+// a token), in eight independent lanes so that it vectorises without reassociating one running sum.
+FD_VECTOR_CLONES double sum_as_double(const float* __restrict e, int64_t n) {
+  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) lanes[j] += e[i + j];
+  }
+  double total = 0.0;
+  for (; i < n; ++i) total += e[i];
+  for (double lane : lanes) total += lane;
+  return total;
+}
+
+// The k-th largest value of s[0, n) (duplicates counted), with a size-k min-heap in `heap`: one compare
+// per element once the heap is full, so O(n) for random rows and O(n log k) at worst; no sort, no copy.
+float kth_largest(const float* s, int64_t n, int64_t k, float* heap) {
+  std::copy(s, s + k, heap);
+  std::make_heap(heap, heap + k, std::greater<float>());
+  for (int64_t i = k; i < n; ++i) {
+    if (s[i] > heap[0]) {
+      std::pop_heap(heap, heap + k, std::greater<float>());
+      heap[k - 1] = s[i];
+      std::push_heap(heap, heap + k, std::greater<float>());
+    }
+  }
+  return heap[0];
+}
+
+struct Threshold {
+  float value;        // keep e >= value
+  double kept_mass;   // sum of kept e
+};
+
+// Smallest value v* among v[0, n) such that the mass strictly greater than v* is < target: the top-p
+// boundary, tie-inclusive. Mass-weighted quickselect with a 3-way partition; reorders v.
+Threshold select_top_p(float* v, int64_t n, double target) {
+  double above = 0.0;  // mass of values already known to lie above every value in v[lo, hi)
+  int64_t lo = 0, hi = n;
+  while (hi - lo > 32) {
+    float a = v[lo], b = v[lo + (hi - lo) / 2], c = v[hi - 1];
+    const float pivot = std::max(std::min(a, b), std::min(std::max(a, b), c));  // median of three
+    // Dutch-flag partition of [lo, hi) into  > pivot | == pivot | < pivot.
+    int64_t gt = lo, i = lo, lt = hi;
+    double mass_gt = 0.0, mass_eq = 0.0;
+    while (i < lt) {
+      const float x = v[i];
+      if (x > pivot) {
+        mass_gt += x;
+        std::swap(v[gt++], v[i++]);
+      } else if (x < pivot) {
+        std::swap(v[i], v[--lt]);
+      } else {
+        mass_eq += x;
+        ++i;
+      }
+    }
+    if (above + mass_gt >= target) {
+      hi = gt;
+    } else if (above + mass_gt + mass_eq >= target) {
+      return {pivot, above + mass_gt + mass_eq};
+    } else if (lt == hi) {  // rounding left the target unreached: keep everything
+      return {pivot, above + mass_gt + mass_eq};
+    } else {
+      above += mass_gt + mass_eq;
+      lo = lt;
+    }
+  }
+  std::sort(v + lo, v + hi, std::greater<float>());
+  int64_t j = lo;
+  while (j < hi) {
+    const float value = v[j];
+    double group = 0.0;
+    while (j < hi && v[j] == value) group += v[j++];
+    if (above + group >= target || j == hi) return {value, above + group};
+    above += group;
+  }
+  return {0.0f, above};  // unreachable for n > 0
+}
+
+// The top-p boundary over e[0, n) (0 <= e <= 1) with target mass `target`: a 1024-bin mass histogram on
+// the float's exponent and top 3 mantissa bits (bins ordered like the values) finds the bin where the mass
+// from the top crosses the target; only that bin's values go through select_top_p. Two passes over e and
+// a selection over about n / 100 values, instead of a partition-heavy quickselect over all n.
+Threshold top_p_threshold(const float* e, int64_t n, double target, float* work) {
+  constexpr int kBins = 1024;  // bits >> 20 of a float in [0, 1] is at most 0x3F8
+  double hist[2][kBins] = {};  // two copies break the store-to-load chain when neighbours share a bin
+  int64_t i = 0;
+  for (; i + 2 <= n; i += 2) {
+    hist[0][float_as_bits(e[i]) >> 20] += e[i];
+    hist[1][float_as_bits(e[i + 1]) >> 20] += e[i + 1];
+  }
+  if (i < n) hist[0][float_as_bits(e[i]) >> 20] += e[i];
+  double above = 0.0;
+  int bin = kBins - 1;
+  for (; bin > 0; --bin) {
+    const double mass = hist[0][bin] + hist[1][bin];
+    if (above + mass >= target) break;
+    above += mass;
+  }
+  if (bin == 0) return {0.0f, above + hist[0][0] + hist[1][0]};  // rounding: keep every token with mass
+  int64_t count = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    if ((float_as_bits(e[j]) >> 20) == static_cast<uint32_t>(bin)) work[count++] = e[j];
+  }
+  const Threshold inner = select_top_p(work, count, target - above);
+  return {inner.value, above + inner.kept_mass};
+}
+
+// Inverse CDF in vocabulary order over e >= keep_from (e > 0). Skips 64-wide blocks by their sum.
+int64_t sample_in_vocab_order(const float* e, int64_t n, float keep_from, double target) {
+  constexpr int64_t kBlock = 64;
+  double acc = 0.0;
+  int64_t last_kept = -1;
+  for (int64_t start = 0; start < n; start += kBlock) {
+    const int64_t end = std::min(n, start + kBlock);
+    double block = 0.0;
+    for (int64_t i = start; i < end; ++i) block += e[i] >= keep_from ? e[i] : 0.0f;
+    if (acc + block <= target) {
+      acc += block;
+      for (int64_t i = end - 1; i >= start && block > 0.0; --i) {
+        if (e[i] >= keep_from && e[i] > 0.0f) {
+          last_kept = std::max(last_kept, i);
+          break;
+        }
+      }
+      continue;
+    }
+    for (int64_t i = start; i < end; ++i) {
+      if (e[i] >= keep_from && e[i] > 0.0f) {
+        acc += e[i];
+        last_kept = i;
+        if (acc > target) return i;
+      }
+    }
+  }
+  return last_kept;  // rounding kept the target out of reach: the last kept token
+}
+
+struct RowScratch {
+  std::vector<float> s, e, work;
+  explicit RowScratch(int64_t v) : s(v), e(v), work(v) {}
+};
+
+void mix_sample_row(const MixSampleArgs& a, int64_t row, RowScratch& scratch) {
+  const int64_t n = a.vocab;
+  const RowParams p = load_row_params(a, row);
+  float* s = scratch.s.data();
+  float* e = scratch.e.data();
+  float* work = scratch.work.data();
+
+  std::fill(s, s + n, 0.0f);
+  for (int k = 0; k < a.num_inputs; ++k) {
+    const float w = a.weights[row * a.num_inputs + k];
+    if (w == 0.0f) continue;
+    const MixInput& in = a.inputs[k];
+    switch (in.kind) {
+      case ScalarKind::kFloat32:
+        accumulate_float32(s, static_cast<const float*>(in.data) + row * in.row_stride, w, n);
+        break;
+      case ScalarKind::kBFloat16:
+        accumulate_bfloat16(s, static_cast<const uint16_t*>(in.data) + row * in.row_stride, w, n);
+        break;
+      case ScalarKind::kFloat16:
+        accumulate_float16(s, static_cast<const uint16_t*>(in.data) + row * in.row_stride, w, n);
+        break;
+    }
+  }
+  bool invalid = false;
+  const float m = scale_and_max(s, n, p.temperature, &invalid);
+  if (invalid || m == -std::numeric_limits<float>::infinity()) {
+    a.out_token[row] = kInvalidToken;
+    a.out_logprob[row] = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+
+  float top_k_threshold = -std::numeric_limits<float>::infinity();
+  if (p.top_k > 0) {
+    top_k_threshold = kth_largest(s, n, p.top_k, work);
+  }
+  exp_where_kept(s, e, n, m, top_k_threshold);
+  const double total = sum_as_double(e, n);
+
+  Threshold keep{0.0f, total};
+  if (p.top_p < 1.0f) {
+    keep = top_p_threshold(e, n, static_cast<double>(p.top_p) * total, work);
+  }
+
+  int64_t token;
+  if (p.greedy) {
+    token = std::find(s, s + n, m) - s;  // first index of the maximum, like torch.argmax
+  } else {
+    const double u = philox_uniform(p.seed, p.step, kStreamTokenSample);
+    token = sample_in_vocab_order(e, n, keep.value, u * keep.kept_mass);
+  }
+  a.out_token[row] = token;
+  a.out_logprob[row] = static_cast<float>(static_cast<double>(s[token] - m) - std::log(keep.kept_mass));
+}
+
+std::tuple<at::Tensor, at::Tensor> mixed_sampling_from_logits_cpu(at::TensorList logits, const at::Tensor& weights,
+                                                                  const at::Tensor& temperature,
+                                                                  const at::Tensor& top_k, const at::Tensor& top_p,
+                                                                  const at::Tensor& seed, const at::Tensor& step,
+                                                                  int64_t vocab_size) {
+  PackedMixSample packed =
+      pack_mix_sample_args(logits, weights, temperature, top_k, top_p, seed, step, vocab_size);
+  const MixSampleArgs& args = packed.args;
+  at::parallel_for(0, args.batch, 1, [&](int64_t begin, int64_t end) {
+    RowScratch scratch(args.vocab);
+    for (int64_t row = begin; row < end; ++row) mix_sample_row(args, row, scratch);
+  });
+  return {packed.tokens, packed.logprobs};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastdoctor, CPU, m) {
+  m.impl("mixed_sampling_from_logits", &mixed_sampling_from_logits_cpu);
+}
+
+}  // namespace fastdoctor

@@ -1,0 +1,13 @@
+"""fastdoctor: fast token-level test-time alignment (LLMdoctor, TARo).
+
+A frozen patient LLM is steered token by token by small doctor models; the per-token work runs in fused
+kernels registered under torch.ops.fastdoctor.
+"""
+import torch  # noqa: F401  (must load before _C: the extension links against torch's libraries)
+
+from . import _C
+from .ops import mixed_sampling_from_logits
+
+__version__ = _C.build_info()["version"]
+
+__all__ = ["__version__", "mixed_sampling_from_logits"]

@@ -1,0 +1,161 @@
+"""Thin wrappers over torch.ops.fastdoctor.*: argument normalisation, value checks, fake registrations.
+
+The compiled ops check shapes, dtypes and devices (metadata, free). The wrappers here also check values
+(NaN weights, top_p outside (0, 1], ...), which reads device memory; pass validate=False in a hot loop that
+has already validated its parameters once (fastdoctor.generate does), and on a GPU decode path where a host
+synchronisation per token is not acceptable.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from . import _C  # noqa: F401  (loads the schemas and kernels)
+
+MAX_MIX_INPUTS = 8
+_LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+RowParam = float | int | Sequence[float] | Sequence[int] | torch.Tensor
+
+
+@torch.library.register_fake("fastdoctor::mixed_sampling_from_logits")
+def _mixed_sampling_from_logits_fake(logits, weights, temperature, top_k, top_p, seed, step, vocab_size=-1):
+    batch = logits[0].shape[0]
+    return logits[0].new_empty(batch, dtype=torch.int64), logits[0].new_empty(batch, dtype=torch.float32)
+
+
+def _row_tensor(value: RowParam, name: str, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A [batch] tensor of `dtype` on `device` from a scalar, a sequence or a tensor of shape [] or [batch]."""
+    if isinstance(value, torch.Tensor):
+        if value.dtype == torch.bool or value.dtype.is_complex or (
+            value.dtype.is_floating_point and not dtype.is_floating_point
+        ):
+            raise TypeError(f"{name}: expected a {'floating' if dtype.is_floating_point else 'integer'} tensor, "
+                            f"got {value.dtype}")
+        if value.device != device:
+            raise ValueError(f"{name}: expected device {device} (that of the logits), got {value.device}")
+        tensor = value
+    elif isinstance(value, bool):
+        raise TypeError(f"{name}: expected a number or a per-row sequence, got bool")
+    elif isinstance(value, (int, float)):
+        if isinstance(value, float) and not dtype.is_floating_point:
+            raise TypeError(f"{name}: expected an integer, got {value!r}")
+        return torch.full((batch,), value, dtype=dtype, device=device)
+    elif isinstance(value, Sequence):
+        tensor = torch.tensor(list(value), device=device)
+        if tensor.dtype.is_floating_point and not dtype.is_floating_point:
+            raise TypeError(f"{name}: expected integers, got {list(value)!r}")
+    else:
+        raise TypeError(f"{name}: expected a number, a per-row sequence or a tensor, got {type(value).__name__}")
+    if tensor.dim() == 0:
+        tensor = tensor.expand(batch)
+    if tensor.shape != (batch,):
+        raise ValueError(f"{name}: expected one value per row, shape [{batch}], got {list(tensor.shape)}")
+    return tensor.to(dtype).contiguous()
+
+
+def _check_values(weights, temperature, top_k, top_p) -> None:
+    if not bool(torch.isfinite(weights).all()):
+        raise ValueError("weights: expected finite mixing weights, got NaN or inf")
+    if bool((temperature < 0).any()) or not bool(torch.isfinite(temperature).all()):
+        raise ValueError("temperature: expected finite values >= 0 (0 means greedy), got "
+                         f"{temperature.tolist()}")
+    if bool((top_k < 0).any()):
+        raise ValueError(f"top_k: expected values >= 0 (0 means off), got {top_k.tolist()}")
+    if not bool(((top_p > 0) & (top_p <= 1)).all()):
+        raise ValueError(f"top_p: expected values in (0, 1] (1 means off), got {top_p.tolist()}")
+
+
+def _explain_invalid_rows(logits: Sequence[torch.Tensor], weights: torch.Tensor, tokens: torch.Tensor,
+                          vocab: int) -> None:
+    """The kernels mark rows whose mixed logits hold NaN or +inf (or are all -inf) with token -1."""
+    bad_rows = (tokens < 0).nonzero().flatten().tolist()
+    if not bad_rows:
+        return
+    row = bad_rows[0]
+    for k, z in enumerate(logits):
+        values = z[row, :vocab].float()
+        if bool(torch.isnan(values).any()):
+            raise ValueError(f"logits[{k}]: row {row} contains NaN (rows with invalid logits: {bad_rows})")
+        if bool(torch.isposinf(values).any()) and float(weights[row, k]) != 0:
+            raise ValueError(f"logits[{k}]: row {row} contains +inf (rows with invalid logits: {bad_rows})")
+    raise ValueError(f"logits: the mixed logits of row {row} are all -inf or overflow to inf/NaN "
+                     f"(weights {weights[row].tolist()}; rows with invalid logits: {bad_rows})")
+
+
+def mixed_sampling_from_logits(
+    logits: Sequence[torch.Tensor],
+    weights: RowParam | Sequence[Sequence[float]],
+    *,
+    temperature: RowParam = 1.0,
+    top_k: RowParam = 0,
+    top_p: RowParam = 1.0,
+    seed: RowParam = 0,
+    step: RowParam = 0,
+    vocab_size: int | None = None,
+    validate: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix K models' logits, filter, and sample one token per row, in one fused kernel.
+
+    Args:
+      logits: K tensors [B, V] (the patient's, then each doctor's), float32, bfloat16 or float16, each in
+        its own dtype, all on one device. Their vocabularies must match unless `vocab_size` is given.
+      weights: [B, K] per-row mixing weights (alpha for the patient, beta_i for doctor i); a sequence of K
+        numbers or a [K] tensor is broadcast to every row.
+      temperature: per-row [B] (or a scalar) > 0; 0 means greedy (first index of the maximum).
+      top_k: per-row [B] int; 0 (or >= V) means off. Tokens tied with the k-th value are kept.
+      top_p: per-row [B] in (0, 1]; 1 means off. The token that crosses p is kept.
+      seed, step: per-row int64. The row's random number is Philox(seed, step): it does not depend on the
+        row's position in the batch, and the CPU and CUDA kernels draw the same one.
+      vocab_size: use only the first `vocab_size` columns of every tensor (for padded vocabularies).
+      validate: check values (reads device memory) and turn invalid rows into a ValueError.
+
+    Returns:
+      tokens int64 [B] and logprobs float32 [B]: the token's log-probability under the mixed, temperature-
+      scaled, filtered and renormalised distribution (for greedy rows, at temperature 1). With
+      validate=False, a row whose mixed logits hold NaN or +inf (or are all -inf) gives token -1 and NaN.
+
+    The mix is m = sum_k w_k log_softmax(z_k); per-row constants cancel, so the kernel mixes raw logits.
+    """
+    if isinstance(logits, torch.Tensor) or not isinstance(logits, Sequence) or len(logits) == 0:
+        raise TypeError("logits: expected a non-empty list of [batch, vocab] tensors")
+    if len(logits) > MAX_MIX_INPUTS:
+        raise ValueError(f"logits: expected at most {MAX_MIX_INPUTS} tensors, got {len(logits)}")
+    for k, z in enumerate(logits):
+        if not isinstance(z, torch.Tensor):
+            raise TypeError(f"logits[{k}]: expected a tensor, got {type(z).__name__}")
+        if z.dtype not in _LOGIT_DTYPES:
+            raise TypeError(f"logits[{k}]: expected float32, bfloat16 or float16, got {z.dtype}")
+        if z.dim() != 2:
+            raise ValueError(f"logits[{k}]: expected shape [batch, vocab], got {list(z.shape)}")
+    batch, device = logits[0].shape[0], logits[0].device
+    num_inputs = len(logits)
+
+    if not isinstance(weights, torch.Tensor):
+        weights = torch.tensor(weights, dtype=torch.float32, device=device)
+    if weights.device != device:
+        raise ValueError(f"weights: expected device {device} (that of the logits), got {weights.device}")
+    if not weights.dtype.is_floating_point:
+        raise TypeError(f"weights: expected a floating tensor, got {weights.dtype}")
+    if weights.dim() == 1 and weights.shape[0] == num_inputs:
+        weights = weights.unsqueeze(0).expand(batch, num_inputs)
+    if weights.shape != (batch, num_inputs):
+        raise ValueError(f"weights: expected shape [{batch}, {num_inputs}] or [{num_inputs}], got "
+                         f"{list(weights.shape)}")
+    weights = weights.to(torch.float32).contiguous()
+    temperature = _row_tensor(temperature, "temperature", batch, torch.float32, device)
+    top_k = _row_tensor(top_k, "top_k", batch, torch.int64, device)
+    top_p = _row_tensor(top_p, "top_p", batch, torch.float32, device)
+    seed = _row_tensor(seed, "seed", batch, torch.int64, device)
+    step = _row_tensor(step, "step", batch, torch.int64, device)
+    if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size <= 0):
+        raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
+    if validate:
+        _check_values(weights, temperature, top_k, top_p)
+
+    tokens, logprobs = torch.ops.fastdoctor.mixed_sampling_from_logits(
+        list(logits), weights, temperature, top_k, top_p, seed, step, -1 if vocab_size is None else vocab_size)
+    if validate:
+        _explain_invalid_rows(logits, weights, tokens, vocab_size or logits[0].shape[1])
+    return tokens, logprobs

@@ -1,0 +1,147 @@
+"""Pure-PyTorch oracles for every fastdoctor op: readable, slow, and the baseline in bench/.
+
+Each function here states the exact semantics that the compiled CPU and CUDA kernels implement; the tests
+compare the kernels with these, and the benchmarks time the kernels against them in the same run.
+"""
+from __future__ import annotations
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+_PHILOX_MUL = (0xD2511F53, 0xCD9E8D57)
+_PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
+STREAM_TOKEN_SAMPLE = 0
+
+
+def _mulhilo(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # int64 multiplication wraps modulo 2^64, which keeps all 64 bits of a 32 x 32-bit product.
+    product = b * a
+    return (product >> 32) & _MASK32, product & _MASK32
+
+
+def philox4x32_10(counter: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Philox4x32-10 on int64 tensors holding uint32 words: counter [..., 4], key [..., 2] -> [..., 4]."""
+    c0, c1, c2, c3 = (counter[..., i] & _MASK32 for i in range(4))
+    k0, k1 = key[..., 0] & _MASK32, key[..., 1] & _MASK32
+    for round_index in range(10):
+        if round_index > 0:
+            k0 = (k0 + _PHILOX_WEYL[0]) & _MASK32
+            k1 = (k1 + _PHILOX_WEYL[1]) & _MASK32
+        hi0, lo0 = _mulhilo(_PHILOX_MUL[0], c0)
+        hi1, lo1 = _mulhilo(_PHILOX_MUL[1], c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return torch.stack([c0, c1, c2, c3], dim=-1)
+
+
+def philox_uniform(seed: torch.Tensor, step: torch.Tensor, stream: int = STREAM_TOKEN_SAMPLE) -> torch.Tensor:
+    """A float64 uniform in [0, 1) per row with 53 random bits, keyed by (seed, step, stream).
+
+    Bit-identical to csrc/kernels/philox.h::philox_uniform, so the reference, the CPU kernel and the CUDA
+    kernel draw the same number for a row wherever it sits in a batch.
+    """
+    seed = seed.to(torch.int64).cpu()
+    step = step.to(torch.int64).cpu()
+    counter = torch.stack([step & _MASK32, (step >> 32) & _MASK32, torch.full_like(step, stream),
+                           torch.zeros_like(step)], dim=-1)
+    key = torch.stack([seed & _MASK32, (seed >> 32) & _MASK32], dim=-1)
+    x = philox4x32_10(counter, key)
+    bits53 = ((x[..., 0] >> 5) << 26) | (x[..., 1] >> 6)
+    return bits53.to(torch.float64) * 2.0**-53
+
+
+def mix_logits(logits: list[torch.Tensor], weights: torch.Tensor, vocab_size: int | None = None) -> torch.Tensor:
+    """m = sum_k w_k * z_k in float32, in k order; a zero weight contributes nothing (0 * -inf is not NaN).
+
+    This equals sum_k w_k * log_softmax(z_k) up to a per-row constant (METHODS.md decision 6), which no
+    sampling decision and no renormalised log-probability can see.
+    """
+    vocab = vocab_size if vocab_size is not None else logits[0].shape[-1]
+    mixed = torch.zeros(logits[0].shape[0], vocab, dtype=torch.float32, device=logits[0].device)
+    for k, z in enumerate(logits):
+        w = weights[:, k : k + 1].to(torch.float32)
+        term = w * z[:, :vocab].to(torch.float32)
+        mixed = mixed + torch.where(w != 0, term, torch.zeros_like(term))
+    return mixed
+
+
+def filtered_log_probs(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """log-probabilities [B, V] of the top-k, then top-p filtered and renormalised distribution, computed in
+    the dtype of `scaled` (the oracle passes float64, the eager benchmark chain float32).
+
+    HF's order and boundary rules: top-k keeps every token tied with the k-th largest value; top-p keeps
+    the smallest set of top tokens whose mass reaches p, the crossing token included, and every token tied
+    with the smallest kept one. k <= 0 or k >= V and p >= 1 switch the filters off.
+    """
+    s = scaled
+    vocab = s.shape[-1]
+    k = top_k.to(torch.int64).to(s.device)
+    k_active = (k > 0) & (k < vocab)
+    if bool(k_active.any()):
+        k_clamped = torch.where(k_active, k, torch.ones_like(k))
+        largest = torch.topk(s, int(k_clamped.max()), dim=-1).values
+        kth = largest.gather(1, (k_clamped - 1).unsqueeze(1))
+        s = s.masked_fill(k_active.unsqueeze(1) & (s < kth), float("-inf"))
+
+    p = top_p.to(s.dtype).to(s.device)
+    p_active = (p > 0) & (p < 1)
+    if bool(p_active.any()):
+        sorted_s = torch.sort(s, dim=-1, descending=True).values
+        sorted_probs = torch.softmax(sorted_s, dim=-1)
+        mass_above = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+        kept_sorted = mass_above < p.unsqueeze(1)
+        boundary = sorted_s.masked_fill(~kept_sorted, float("inf")).min(dim=-1).values
+        s = s.masked_fill(p_active.unsqueeze(1) & (s < boundary.unsqueeze(1)), float("-inf"))
+    return torch.log_softmax(s, dim=-1)
+
+
+def mixed_sampling_from_logits(
+    logits: list[torch.Tensor],
+    weights: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    seed: torch.Tensor,
+    step: torch.Tensor,
+    vocab_size: int | None = None,
+):
+    """The oracle of torch.ops.fastdoctor.mixed_sampling_from_logits (see its docstring in ops.py).
+
+    It draws u = Philox(seed, step) and inverts the CDF in vocabulary order, exactly as the kernels do, and
+    computes everything after the float32 mix in float64. Returns (tokens int64 [B], logprobs float32 [B]);
+    invalid rows give (-1, NaN).
+    """
+    mixed = mix_logits(logits, weights, vocab_size)
+    temperature = temperature.to(torch.float32).to(mixed.device)
+    greedy = ~(temperature > 0)
+    divisor = torch.where(greedy, torch.ones_like(temperature), temperature)
+    scaled = mixed / divisor.unsqueeze(1)
+    invalid = torch.isnan(scaled).any(dim=1) | torch.isposinf(scaled).any(dim=1) | torch.isneginf(scaled).all(dim=1)
+    safe = torch.where(invalid.unsqueeze(1), torch.zeros_like(scaled), scaled)
+
+    log_probs = filtered_log_probs(safe.to(torch.float64), top_k, top_p)
+    u = philox_uniform(seed, step).to(mixed.device)
+    cdf = torch.cumsum(log_probs.exp(), dim=-1)
+    sampled = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+    positions = torch.arange(log_probs.shape[1], device=mixed.device)
+    last_kept = torch.where(torch.isfinite(log_probs), positions, -1).max(dim=1).values
+    sampled = torch.minimum(sampled, last_kept)
+    tokens = torch.where(greedy, safe.argmax(dim=1), sampled)
+    logprobs = log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1).to(torch.float32)
+    tokens = torch.where(invalid, torch.full_like(tokens, -1), tokens)
+    logprobs = torch.where(invalid, torch.full_like(logprobs, float("nan")), logprobs)
+    return tokens, logprobs
+
+
+def eager_mix_sample_chain(
+    logits: list[torch.Tensor],
+    weights: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+) -> torch.Tensor:
+    """The eager chain research code runs today (the benchmark baseline): log_softmax per input, weighted
+    sum, temperature, top-k, sort-based top-p, softmax, multinomial. Same filtering semantics as above."""
+    mixed = sum(weights[:, k : k + 1] * torch.log_softmax(z.float(), dim=-1) for k, z in enumerate(logits))
+    scaled = mixed / temperature.unsqueeze(1)
+    log_probs = filtered_log_probs(scaled, top_k, top_p)
+    return torch.multinomial(log_probs.exp(), 1).squeeze(1)
