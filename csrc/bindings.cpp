@@ -3,6 +3,10 @@
 #include <pybind11/pybind11.h>
 #include <torch/library.h>
 
+#include <tuple>
+
+#include "kernels/philox.h"
+
 #ifndef FASTDOCTOR_VERSION
 #define FASTDOCTOR_VERSION "unknown"
 #endif
@@ -32,4 +36,10 @@ PYBIND11_MODULE(_C, m) {
     info["cpu_kernels"] = true;
     return info;
   });
+  // Exposed so the tests can check the C++ Philox against the Random123 known-answer vectors directly.
+  m.def("philox4x32_10", [](uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+    const fastdoctor::Philox4 r = fastdoctor::philox4x32_10(c0, c1, c2, c3, k0, k1);
+    return std::make_tuple(r.x[0], r.x[1], r.x[2], r.x[3]);
+  });
+  m.def("philox_uniform", &fastdoctor::philox_uniform, "uniform double in [0, 1) for (seed, step, stream)");
 }

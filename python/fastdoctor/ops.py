@@ -131,6 +131,9 @@ def mixed_sampling_from_logits(
             raise ValueError(f"logits[{k}]: expected shape [batch, vocab], got {list(z.shape)}")
     batch, device = logits[0].shape[0], logits[0].device
     num_inputs = len(logits)
+    for k, z in enumerate(logits[1:], start=1):
+        if z.device != device:  # checked here too: a mix of devices could dispatch past the kernel's check
+            raise ValueError(f"logits[{k}]: expected device {device} (that of logits[0]), got {z.device}")
 
     if not isinstance(weights, torch.Tensor):
         weights = torch.tensor(weights, dtype=torch.float32, device=device)
