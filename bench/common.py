@@ -1,0 +1,82 @@
+"""Timing and reporting shared by the benchmarks: medians, the hardware's name, JSON plus markdown."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+def hardware_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def median_seconds(fn: Callable[[], object], device: str, *, min_reps: int = 5, min_seconds: float = 0.3,
+                   max_reps: int = 200) -> float:
+    """Median wall time of fn() after a warm-up call; CUDA timings use events around each call."""
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    samples: list[float] = []
+    started = time.perf_counter()
+    while len(samples) < min_reps or (time.perf_counter() - started < min_seconds and len(samples) < max_reps):
+        if device == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(begin.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def write_results(name: str, device: str, meta: dict, rows: list[dict], columns: list[tuple[str, str]],
+                  note: str = "") -> tuple[pathlib.Path, pathlib.Path]:
+    """Writes bench/results/<name>_<device>.json and .md; columns are (key, header) pairs."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in (meta["hardware"] if device == "cuda" else "cpu")).strip("-")
+    stem = RESULTS / f"{name}_{slug.lower()}"
+    payload = {"benchmark": name, **meta, "rows": rows}
+    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [f"# {name} on {meta['hardware']}", "",
+             f"torch {meta['torch']}, fastdoctor {meta['fastdoctor']}, {meta['date']}. {note}".strip(), "",
+             "| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[k]) for k, _ in columns) + " |")
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    return stem.with_suffix(".json"), stem.with_suffix(".md")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def run_meta(device: str) -> dict:
+    import fastdoctor
+
+    return {"hardware": hardware_name(device), "device": device, "torch": torch.__version__,
+            "fastdoctor": fastdoctor.__version__, "date": time.strftime("%Y-%m-%d"),
+            "threads": torch.get_num_threads(), "host": os.uname().machine}
