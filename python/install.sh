@@ -19,7 +19,15 @@ rm -rf "$dist"
 echo "[install] building the fastdoctor wheel against $("$venv/bin/python" -c 'import torch; print(torch.__version__)')" \
      "(FASTDOCTOR_CUDA=${FASTDOCTOR_CUDA:-AUTO})"
 # One CMake build folder per venv: the CPU and CUDA builds share a wheel tag but not a configuration.
-SKBUILD_BUILD_DIR="$repo/build/cmake-$(basename "$venv")" "${pip[@]}" wheel --no-build-isolation --no-deps -w "$dist" "$repo"
+mkdir -p "$dist"
+log="$dist/build.log"
+if ! SKBUILD_BUILD_DIR="$repo/build/cmake-$(basename "$venv")" \
+     "$venv/bin/python" -m pip --disable-pip-version-check wheel -v --no-build-isolation --no-deps -w "$dist" "$repo" > "$log" 2>&1; then
+  tail -n 60 "$log"
+  echo "[install] the build failed; the whole log is $log" >&2
+  exit 1
+fi
+grep -m1 -o "fastdoctor: torch.*" "$log" || true  # CMake's one-line summary of what was enabled
 wheel=$(ls "$dist"/fastdoctor-*.whl)
 "$venv/bin/python" - "$wheel" <<'PY'
 import sys, zipfile
