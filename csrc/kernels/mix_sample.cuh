@@ -114,8 +114,8 @@ struct SelectShared {
   uint32_t prefix_mask;
   double remaining;  // elements (top-k) or mass (top-p) still wanted from the current prefix
   double reduce_out;
-  int64_t token;
-  int64_t last_kept;
+  unsigned long long token;
+  unsigned long long last_kept_plus_one;
   MaxSumArg row;
   int32_t invalid;
 };
@@ -127,7 +127,7 @@ template <bool kByMass>
 __device__ void radix_select_pass(const float* __restrict__ s, int64_t n, float row_max, uint32_t floor_key,
                                   int shift, SelectShared& sh) {
   for (int d = threadIdx.x; d < 256; d += blockDim.x) {
-    if (kByMass) sh.hist.mass[d] = 0.0f; else sh.hist.counts[d] = 0u;
+    if constexpr (kByMass) sh.hist.mass[d] = 0.0f; else sh.hist.counts[d] = 0u;
   }
   __syncthreads();
   const uint32_t prefix = sh.prefix, mask = sh.prefix_mask;
@@ -136,25 +136,35 @@ __device__ void radix_select_pass(const float* __restrict__ s, int64_t n, float 
     const uint32_t key = float_to_ordered_key(x);
     if ((key & mask) != prefix || key < floor_key) continue;
     const uint32_t digit = (key >> shift) & 0xFFu;
-    if (kByMass) atomicAdd(&sh.hist.mass[digit], expf(x - row_max)); else atomicAdd(&sh.hist.counts[digit], 1u);
+    if constexpr (kByMass) atomicAdd(&sh.hist.mass[digit], expf(x - row_max)); else atomicAdd(&sh.hist.counts[digit], 1u);
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    double above = 0.0;
-    int digit = 255;
-    int lowest_nonempty = -1;
-    for (; digit >= 0; --digit) {
-      const double here = kByMass ? static_cast<double>(sh.hist.mass[digit]) : static_cast<double>(sh.hist.counts[digit]);
-      if (here > 0.0) lowest_nonempty = digit;
-      if (here > 0.0 && above + here >= sh.remaining) break;
-      above += here;
+    int lowest_nonempty = 0;
+    for (int d = 0; d < 256; ++d) {
+      const bool empty = kByMass ? sh.hist.mass[d] == 0.0f : sh.hist.counts[d] == 0u;
+      if (!empty) {
+        lowest_nonempty = d;
+        break;
+      }
     }
-    if (digit < 0) {  // rounding left the target unreached: keep everything down to the lowest bin
-      digit = lowest_nonempty < 0 ? 0 : lowest_nonempty;
-      above = 0.0;
-      sh.remaining = 0.0;
-    } else {
-      sh.remaining -= above;
+    // remaining <= 0 marks "keep everything under the prefix" (set when float rounding left the target
+    // unreached at an earlier level): follow the lowest non-empty digit down.
+    int digit = lowest_nonempty;
+    if (sh.remaining > 0.0) {
+      double above = 0.0;
+      int d = 255;
+      for (; d >= 0; --d) {
+        const double here = kByMass ? static_cast<double>(sh.hist.mass[d]) : static_cast<double>(sh.hist.counts[d]);
+        if (here > 0.0 && above + here >= sh.remaining) break;
+        above += here;
+      }
+      if (d >= 0) {
+        digit = d;
+        sh.remaining -= above;
+      } else {
+        sh.remaining = 0.0;
+      }
     }
     sh.prefix |= static_cast<uint32_t>(digit) << shift;
     sh.prefix_mask |= 0xFFu << shift;
@@ -191,14 +201,17 @@ __device__ double kept_mass(const float* __restrict__ s, int64_t n, float row_ma
   return sh.reduce_out;
 }
 
-// First index whose inclusive prefix sum of kept mass (vocabulary order) exceeds target.
+// First index whose inclusive prefix sum of kept mass (vocabulary order) exceeds target. Prefix sums are
+// monotone, so every thread past the crossing also "crosses"; the smallest candidate index wins (atomicMin),
+// which stays right even where the scan's and a thread's own float sums round differently.
 __device__ int64_t sample_in_vocab_order(const float* __restrict__ s, int64_t n, float row_max, uint32_t floor_key,
                                          double target, SelectShared& sh) {
   using Scan = cub::BlockScan<double, kSelectThreads>;
   __shared__ typename Scan::TempStorage storage;
+  constexpr unsigned long long kNotFound = ~0ull;
   if (threadIdx.x == 0) {
-    sh.token = -1;
-    sh.last_kept = -1;
+    sh.token = kNotFound;
+    sh.last_kept_plus_one = 0ull;
   }
   __syncthreads();
   double running = 0.0;
@@ -221,24 +234,26 @@ __device__ int64_t sample_in_vocab_order(const float* __restrict__ s, int64_t n,
     }
     double exclusive, tile_total;
     Scan(storage).ExclusiveSum(thread_sum, exclusive, tile_total);
-    if (thread_last >= 0) atomicMax(reinterpret_cast<unsigned long long*>(&sh.last_kept),
-                                    static_cast<unsigned long long>(thread_last));
+    if (thread_last >= 0) atomicMax(&sh.last_kept_plus_one, static_cast<unsigned long long>(thread_last + 1));
     double acc = running + exclusive;
-    if (acc <= target && acc + thread_sum > target) {
+    if (thread_last >= 0 && acc + thread_sum > target) {
+      int64_t candidate = thread_last;
       for (int j = 0; j < kScanItems; ++j) {
         acc += values[j];
         if (values[j] > 0.0 && acc > target) {
-          sh.token = first + j;
+          candidate = first + j;
           break;
         }
       }
+      atomicMin(&sh.token, static_cast<unsigned long long>(candidate));
     }
     running += tile_total;
     __syncthreads();
-    if (sh.token >= 0) break;
+    if (sh.token != kNotFound) break;
   }
   __syncthreads();
-  return sh.token >= 0 ? sh.token : sh.last_kept;
+  // Not found: rounding kept the target out of reach; take the last kept token.
+  return sh.token != kNotFound ? static_cast<int64_t>(sh.token) : static_cast<int64_t>(sh.last_kept_plus_one) - 1;
 }
 
 __global__ void __launch_bounds__(kSelectThreads)
@@ -291,7 +306,8 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
   if (threadIdx.x == 0) {
     args.out_token[row] = token;
-    args.out_logprob[row] = static_cast<float>(static_cast<double>(s[token] - row_max) - log(z_kept));
+    args.out_logprob[row] =
+        token >= 0 ? static_cast<float>(static_cast<double>(s[token] - row_max) - log(z_kept)) : NAN;
   }
 }
 
