@@ -6,8 +6,10 @@ kernels registered under torch.ops.fastdoctor.
 import torch  # noqa: F401  (must load before _C: the extension links against torch's libraries)
 
 from . import _C
+from .generate import generate
+from .models import load_model, make_doctor
 from .ops import mixed_sampling_from_logits
 
 __version__ = _C.build_info()["version"]
 
-__all__ = ["__version__", "mixed_sampling_from_logits"]
+__all__ = ["__version__", "generate", "load_model", "make_doctor", "mixed_sampling_from_logits"]

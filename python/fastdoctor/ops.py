@@ -25,7 +25,7 @@ def _mixed_sampling_from_logits_fake(logits, weights, temperature, top_k, top_p,
     return logits[0].new_empty(batch, dtype=torch.int64), logits[0].new_empty(batch, dtype=torch.float32)
 
 
-def _row_tensor(value: RowParam, name: str, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def as_row_tensor(value: RowParam, name: str, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A [batch] tensor of `dtype` on `device` from a scalar, a sequence or a tensor of shape [] or [batch]."""
     if isinstance(value, torch.Tensor):
         if value.dtype == torch.bool or value.dtype.is_complex or (
@@ -55,7 +55,7 @@ def _row_tensor(value: RowParam, name: str, batch: int, dtype: torch.dtype, devi
     return tensor.to(dtype).contiguous()
 
 
-def _check_values(weights, temperature, top_k, top_p) -> None:
+def check_sampling_values(weights, temperature, top_k, top_p) -> None:
     if not bool(torch.isfinite(weights).all()):
         raise ValueError("weights: expected finite mixing weights, got NaN or inf")
     if bool((temperature < 0).any()) or not bool(torch.isfinite(temperature).all()):
@@ -147,15 +147,15 @@ def mixed_sampling_from_logits(
         raise ValueError(f"weights: expected shape [{batch}, {num_inputs}] or [{num_inputs}], got "
                          f"{list(weights.shape)}")
     weights = weights.to(torch.float32).contiguous()
-    temperature = _row_tensor(temperature, "temperature", batch, torch.float32, device)
-    top_k = _row_tensor(top_k, "top_k", batch, torch.int64, device)
-    top_p = _row_tensor(top_p, "top_p", batch, torch.float32, device)
-    seed = _row_tensor(seed, "seed", batch, torch.int64, device)
-    step = _row_tensor(step, "step", batch, torch.int64, device)
+    temperature = as_row_tensor(temperature, "temperature", batch, torch.float32, device)
+    top_k = as_row_tensor(top_k, "top_k", batch, torch.int64, device)
+    top_p = as_row_tensor(top_p, "top_p", batch, torch.float32, device)
+    seed = as_row_tensor(seed, "seed", batch, torch.int64, device)
+    step = as_row_tensor(step, "step", batch, torch.int64, device)
     if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size <= 0):
         raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
     if validate:
-        _check_values(weights, temperature, top_k, top_p)
+        check_sampling_values(weights, temperature, top_k, top_p)
 
     tokens, logprobs = torch.ops.fastdoctor.mixed_sampling_from_logits(
         list(logits), weights, temperature, top_k, top_p, seed, step, -1 if vocab_size is None else vocab_size)

@@ -1,0 +1,198 @@
+"""fastdoctor.generate: the KV-cache-aware dual-model decode loop.
+
+Each model (the patient, then each doctor) keeps its own KV cache. The prompt is prefilled once per model,
+computing logits for the last position only. Each step runs one forward per model on the new token only,
+then one call of the fused mix-and-sample op. A row that emits EOS is padded from then on, and its caches
+are never rebuilt. On a GPU the loop never waits on the device except every `eos_check_interval` steps.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from . import ops
+from .models import logits_width
+
+# router(logits) -> weights: given the K logit tensors [B, V] of this step (patient first), return the
+# per-row mixing weights [B, K] to use for it. The TARo router plugs in here.
+Router = Callable[[list[torch.Tensor]], torch.Tensor]
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_models(patient, doctors: Sequence, device: torch.device, vocab_size: int | None) -> int:
+    widths = [logits_width(patient)] + [logits_width(d) for d in doctors]
+    for i, doctor in enumerate(doctors):
+        if _device_of(doctor) != device:
+            raise ValueError(f"doctors[{i}]: on {_device_of(doctor)}, but the patient is on {device}; "
+                             "put every model on one device")
+    if vocab_size is not None:
+        if not 0 < vocab_size <= min(widths):
+            raise ValueError(f"vocab_size: expected 1..{min(widths)} (the smallest logits width), got {vocab_size}")
+        return vocab_size
+    for i, width in enumerate(widths[1:]):
+        if width != widths[0]:
+            raise ValueError(f"doctors[{i}]: emits {width} logits per token but the patient emits {widths[0]}; "
+                             "patient and doctors must share a vocabulary (pass vocab_size= only for padded "
+                             "vocabularies of the same tokenizer)")
+    return widths[0]
+
+
+def _row_seeds(seed, generator: torch.Generator | None, batch: int, device: torch.device) -> torch.Tensor:
+    """Per-row Philox seeds: a per-row sequence/tensor as given, an int s as s + row, else drawn from
+    `generator` (or torch's default generator, so torch.manual_seed makes runs repeatable)."""
+    if seed is None:
+        drawn = torch.randint(-(2**62), 2**62, (batch,), generator=generator, dtype=torch.int64)
+        return drawn.to(device)
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return torch.arange(batch, dtype=torch.int64, device=device) + seed
+    return ops.as_row_tensor(seed, "seed", batch, torch.int64, device)
+
+
+def _prefill(model, input_ids, attention_mask, position_ids):
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                logits_to_keep=1)
+    return out.logits[:, -1, :], out.past_key_values
+
+
+def _decode(model, tokens, attention_mask, position_ids, cache):
+    out = model(input_ids=tokens, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
+                use_cache=True)
+    return out.logits[:, -1, :], out.past_key_values
+
+
+@torch.inference_mode()
+def generate(
+    patient,
+    input_ids: torch.Tensor,
+    *,
+    doctors: Sequence = (),
+    alpha: ops.RowParam = 1.0,
+    betas: Sequence[ops.RowParam] | None = None,
+    attention_mask: torch.Tensor | None = None,
+    max_new_tokens: int = 32,
+    temperature: ops.RowParam = 1.0,
+    top_k: ops.RowParam = 0,
+    top_p: ops.RowParam = 1.0,
+    seed: int | Sequence[int] | torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    streamer=None,
+    router: Router | None = None,
+    vocab_size: int | None = None,
+    eos_check_interval: int | None = None,
+) -> torch.Tensor:
+    """Sample from p_patient^alpha * prod_i p_doctor_i^beta_i, token by token, with per-model KV caches.
+
+    Args:
+      patient, doctors: HF causal LMs sharing one vocabulary (Llama, Qwen2, GPT-2, ...), on one device.
+      input_ids: LongTensor [B, L], left-padded when rows differ in length (give attention_mask then).
+      alpha, betas: the patient's weight and one weight per doctor (default 1.0 each); each a scalar or
+        per-row, so one batch can serve requests with different preference strengths.
+      temperature, top_k, top_p: per-row or scalar; temperature 0 is greedy; see mixed_sampling_from_logits.
+      seed: per-row seeds (a row then draws the same tokens alone or in any batch), or an int s (row r uses
+        s + r), or None to draw seeds from `generator` / torch's default generator.
+      eos_token_id, pad_token_id: a row stops at any EOS id; later positions hold pad_token_id (default:
+        the first EOS id).
+      streamer: HF streamer protocol: put(prompt), then put(step_tokens [B]) each step, then end().
+      router: per-token weights hook (see Router); overrides alpha/betas when given.
+      eos_check_interval: steps between checks that every row has finished (the check waits on the
+        device); default 1 on the CPU, 8 on GPUs.
+
+    Returns:
+      LongTensor [B, L + new], the prompt followed by the new tokens (fewer than max_new_tokens when every
+      row finished early), like HF's generate.
+    """
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"input_ids: expected a LongTensor [batch, length], got {type(input_ids).__name__}")
+    if input_ids.dtype != torch.int64:
+        raise TypeError(f"input_ids: expected dtype torch.int64, got {input_ids.dtype}")
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids: expected a non-empty prompt of shape [batch, length], got "
+                         f"{list(input_ids.shape)}")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    doctors = list(doctors)
+    device = _device_of(patient)
+    if input_ids.device != device:
+        raise ValueError(f"input_ids: on {input_ids.device}, but the patient is on {device}")
+    vocab = _check_models(patient, doctors, device, vocab_size)
+    batch = input_ids.shape[0]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    elif attention_mask.shape != input_ids.shape or attention_mask.device != device:
+        raise ValueError(f"attention_mask: expected shape {list(input_ids.shape)} on {device}, got "
+                         f"{list(attention_mask.shape)} on {attention_mask.device}")
+    if betas is None:
+        betas = [1.0] * len(doctors)
+    if len(betas) != len(doctors):
+        raise ValueError(f"betas: expected one weight per doctor ({len(doctors)}), got {len(betas)}")
+
+    weights = torch.stack([ops.as_row_tensor(w, name, batch, torch.float32, device) for w, name in
+                           zip([alpha, *betas], ["alpha", *[f"betas[{i}]" for i in range(len(betas))]])], dim=1)
+    temperature_t = ops.as_row_tensor(temperature, "temperature", batch, torch.float32, device)
+    top_k_t = ops.as_row_tensor(top_k, "top_k", batch, torch.int64, device)
+    top_p_t = ops.as_row_tensor(top_p, "top_p", batch, torch.float32, device)
+    ops.check_sampling_values(weights, temperature_t, top_k_t, top_p_t)
+    seeds = _row_seeds(seed, generator, batch, device)
+    step = torch.zeros(batch, dtype=torch.int64, device=device)
+    eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    eos_t = torch.tensor(eos_ids, dtype=torch.int64, device=device)
+    if pad_token_id is not None:
+        pad = pad_token_id
+    else:
+        pad = eos_ids[0] if eos_ids else 0
+    interval = eos_check_interval or (1 if device.type == "cpu" else 8)
+
+    if streamer is not None:
+        streamer.put(input_ids.cpu())
+    mask = attention_mask.to(torch.int64)
+    positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)  # HF's left-padding rule
+    models = [patient, *doctors]
+    prefilled = [_prefill(m, input_ids, mask, positions) for m in models]
+    logits = [lg for lg, _ in prefilled]
+    caches = [cache for _, cache in prefilled]
+    next_position = positions[:, -1:] + 1
+
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    invalid = torch.zeros(batch, dtype=torch.bool, device=device)
+    new_tokens: list[torch.Tensor] = []
+    all_finished: list[torch.Tensor] = []  # per step, on the device: trims trailing all-pad steps at the end
+    mix_and_sample = torch.ops.fastdoctor.mixed_sampling_from_logits
+    for index in range(max_new_tokens):
+        row_weights = router(logits) if router is not None else weights
+        tokens, _ = mix_and_sample(logits, row_weights, temperature_t, top_k_t, top_p_t, seeds, step, vocab)
+        invalid |= tokens < 0
+        tokens = tokens.clamp_min(0)  # a -1 (invalid logits) must not reach an embedding lookup
+        if eos_ids:
+            tokens = torch.where(finished, pad, tokens)
+            finished |= torch.isin(tokens, eos_t)
+            all_finished.append(finished.all())
+        new_tokens.append(tokens)
+        if streamer is not None:
+            streamer.put(tokens.cpu())
+        last = index + 1 == max_new_tokens
+        if last or (index + 1) % interval == 0:
+            if bool(invalid.any()):
+                rows = invalid.nonzero().flatten().tolist()
+                raise ValueError(f"generate: the mixed logits of rows {rows} held NaN or +inf at step {index}")
+            if last or (eos_ids and bool(finished.all())):
+                break
+        step += 1
+        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
+        for i, model in enumerate(models):
+            logits[i], caches[i] = _decode(model, tokens.unsqueeze(1), mask, next_position, caches[i])
+        next_position = next_position + 1
+    if streamer is not None:
+        streamer.end()
+    if not new_tokens:
+        return input_ids.clone()
+    if all_finished:  # between EOS checks every row may have finished a few steps early: drop those steps
+        done = torch.stack(all_finished).nonzero()
+        if done.numel():
+            new_tokens = new_tokens[: int(done[0, 0]) + 1]
+    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)

