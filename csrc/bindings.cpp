@@ -20,6 +20,17 @@ TORCH_LIBRARY(fastdoctor, m) {
   m.def(
       "mixed_sampling_from_logits(Tensor[] logits, Tensor weights, Tensor temperature, Tensor top_k, "
       "Tensor top_p, Tensor seed, Tensor step, int vocab_size=-1) -> (Tensor, Tensor)");
+  // Token-level scoring (LLMdoctor stage 1). See csrc/kernels/token_scoring.h.
+  // log p(targets[t] | logits[t]) for logits [T, V]: float32 [T]; 0 where targets == ignore_index.
+  m.def("target_log_probs_from_logits(Tensor logits, Tensor targets, int ignore_index=-100) -> Tensor");
+  // The same from hidden states [T, H] and the LM head [V, H], vocabulary chunk by chunk.
+  m.def(
+      "target_log_probs_from_hidden(Tensor hidden, Tensor weight, Tensor targets, int chunk_size=4096, "
+      "int ignore_index=-100) -> Tensor");
+  // r = sign * tanh(dhat / tau) * [. > theta], dhat = |lp_pos - lp_neg| / (masked mean + eps): float32 [B, T].
+  m.def(
+      "token_rewards_from_face_logprobs(Tensor logp_pos, Tensor logp_neg, Tensor mask, Tensor sign, "
+      "float tau=1.0, float theta=0.0, float eps=1e-6) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, m) {

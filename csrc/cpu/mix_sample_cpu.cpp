@@ -2,9 +2,10 @@
 //
 // One row per task (at::parallel_for over rows). Per row:
 //   1. mix:    s = sum_k w_k z_k / T, one read of each input row, fp32 (vectorised; dtype dispatch per input)
-//   2. top-k:  k-th largest s by nth_element on a scratch copy (no full sort)
+//   2. top-k:  k-th largest s with a size-k min-heap (one compare per element, no sort)
 //   3. exp:    e = exp(s - max) on the kept set, with a branch-free polynomial exp that GCC vectorises
-//   4. top-p:  mass-weighted 3-way quickselect for the threshold (expected O(V), no sort)
+//   4. top-p:  a mass histogram over float-exponent bins finds the boundary bin; a 3-way quickselect
+//              inside that bin finds the boundary value (no sort)
 //   5. sample: inverse CDF in vocabulary order at u = Philox(seed, step), skipping 64-wide blocks by sum
 // Checked against python/fastdoctor/reference.py::mixed_sampling_from_logits in tests/test_mix_sample.py.
 // Hot loops get an AVX2 clone (target_clones) picked at load time, so the wheel still runs on any x86-64.
@@ -21,51 +22,10 @@
 
 #include "../common/mix_sample_args.h"
 #include "../kernels/mix_sample.h"
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// Feature-based clones (an "arch=" clone would be picked only on that exact CPU model).
-#define FD_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define FD_VECTOR_CLONES
-#endif
+#include "vector_math.h"
 
 namespace fastdoctor {
 namespace {
-
-// exp(x) for x <= 0 (Cephes polynomial, about 2 ulp), exactly 0 below the float range so that -inf
-// (a masked token) gets no mass. Selects are written as bit masks: that is what lets GCC vectorise the
-// loops around it for AVX2 (a float ternary there defeats if-conversion).
-__attribute__((always_inline)) inline float exp_nonpositive(float x) {
-  const uint32_t keep = x < -87.33654f ? 0u : 0xFFFFFFFFu;
-  x = x < -87.33654f ? -87.33654f : x;
-  // n = round(x / ln 2) = -ni; for x <= 0, truncating 0.5 - x / ln 2 (> 0) is a floor, without a libm call.
-  const int32_t ni = static_cast<int32_t>(0.5f - x * 1.44269504088896341f);
-  const float n = -static_cast<float>(ni);
-  float r = x - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const float scale = bits_as_float(static_cast<uint32_t>(127 - ni) << 23);  // 2^n
-  return bits_as_float(float_as_bits(p * scale) & keep);
-}
-
-// IEEE half -> float with integer ops only (no F16C needed), branch-free so the loop vectorises.
-__attribute__((always_inline)) inline float fp16_bits_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t magnitude = static_cast<uint32_t>(h & 0x7FFFu) << 13;  // exponent and mantissa, shifted
-  const uint32_t exponent = magnitude & (0x7C00u << 13);
-  const uint32_t normal = magnitude + ((127 - 15) << 23);
-  const uint32_t inf_nan = normal + ((128 - 16) << 23);
-  // Subnormal halves: renormalise through a float subtraction of the implicit bit.
-  const float subnormal = bits_as_float(magnitude + (113u << 23)) - bits_as_float(113u << 23);
-  const uint32_t out = exponent == (0x7C00u << 13) ? inf_nan : (exponent == 0 ? float_as_bits(subnormal) : normal);
-  return bits_as_float(out | sign);
-}
 
 // s += w * z for one input row. The caller skips zero weights (mix_term's rule), so the loop body has no
 // select and vectorises.
@@ -121,20 +81,6 @@ FD_VECTOR_CLONES void exp_where_kept(const float* __restrict s, float* __restric
     const uint32_t kept = x >= threshold ? 0xFFFFFFFFu : 0u;
     e[i] = bits_as_float(float_as_bits(exp_nonpositive(x - m)) & kept);
   }
-}
-
-// The sum is in double (a float sum over 150k terms drifts by ~1e-5, enough to move an inverse-CDF draw by
-// a token), in eight independent lanes so that it vectorises without reassociating one running sum.
-FD_VECTOR_CLONES double sum_as_double(const float* __restrict e, int64_t n) {
-  double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) lanes[j] += e[i + j];
-  }
-  double total = 0.0;
-  for (; i < n; ++i) total += e[i];
-  for (double lane : lanes) total += lane;
-  return total;
 }
 
 // The k-th largest value of s[0, n) (duplicates counted), with a size-k min-heap in `heap`: one compare

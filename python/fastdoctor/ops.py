@@ -162,3 +162,58 @@ def mixed_sampling_from_logits(
     if validate:
         _explain_invalid_rows(logits, weights, tokens, vocab_size or logits[0].shape[1])
     return tokens, logprobs
+
+
+def _check_targets(targets: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
+    if bool(bad.any()):
+        where = bad.nonzero().flatten()[:5].tolist()
+        raise ValueError(f"targets: ids must lie in [0, {vocab}) or equal ignore_index={ignore_index}; "
+                         f"positions {where} hold {targets[where].tolist()}")
+
+
+@torch.library.register_fake("fastdoctor::target_log_probs_from_logits")
+def _target_log_probs_from_logits_fake(logits, targets, ignore_index=-100):
+    return logits.new_empty(logits.shape[0], dtype=torch.float32)
+
+
+@torch.library.register_fake("fastdoctor::target_log_probs_from_hidden")
+def _target_log_probs_from_hidden_fake(hidden, weight, targets, chunk_size=4096, ignore_index=-100):
+    return hidden.new_empty(hidden.shape[0], dtype=torch.float32)
+
+
+@torch.library.register_fake("fastdoctor::token_rewards_from_face_logprobs")
+def _token_rewards_fake(logp_pos, logp_neg, mask, sign, tau=1.0, theta=0.0, eps=1e-6):
+    return torch.empty_like(logp_pos)
+
+
+def target_log_probs_from_logits(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100,
+                                 validate: bool = True) -> torch.Tensor:
+    """log p(targets[t]) under softmax(logits[t]) for logits [T, V] (float32, bfloat16 or float16), read in
+    one pass: no [T, V] log_softmax is written. Returns float32 [T]; 0 where targets == ignore_index."""
+    if validate:
+        _check_targets(targets, logits.shape[-1], ignore_index)
+    return torch.ops.fastdoctor.target_log_probs_from_logits(logits, targets, ignore_index)
+
+
+def target_log_probs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                                 chunk_size: int = 4096, ignore_index: int = -100,
+                                 validate: bool = True) -> torch.Tensor:
+    """The same from final hidden states [T, H] and the LM head weight [V, H]: logits are made and consumed
+    one vocabulary chunk at a time, so peak extra memory is T x chunk_size floats instead of T x V."""
+    if validate:
+        _check_targets(targets, weight.shape[0], ignore_index)
+    return torch.ops.fastdoctor.target_log_probs_from_hidden(hidden, weight, targets, chunk_size, ignore_index)
+
+
+def token_rewards_from_face_logprobs(logp_pos: torch.Tensor, logp_neg: torch.Tensor, mask: torch.Tensor,
+                                     sign: torch.Tensor, *, tau: float = 1.0, theta: float = 0.0,
+                                     eps: float = 1e-6) -> torch.Tensor:
+    """LLMdoctor token rewards over a padded batch [B, T] (see reference.token_rewards_from_face_logprobs):
+    the mean runs over each response's own valid tokens; sign is +1 for chosen and -1 for rejected rows."""
+    for name, value in (("tau", tau), ("eps", eps)):
+        if not value > 0:
+            raise ValueError(f"{name}: expected > 0, got {value}")
+    if not 0 <= theta < 1:
+        raise ValueError(f"theta: expected a threshold in [0, 1) (S = tanh(.) lies in [0, 1)), got {theta}")
+    return torch.ops.fastdoctor.token_rewards_from_face_logprobs(logp_pos, logp_neg, mask, sign, tau, theta, eps)

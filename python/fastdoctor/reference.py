@@ -145,3 +145,28 @@ def eager_mix_sample_chain(
     scaled = mixed / temperature.unsqueeze(1)
     log_probs = filtered_log_probs(scaled, top_k, top_p)
     return torch.multinomial(log_probs.exp(), 1).squeeze(1)
+
+
+def target_log_probs(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """log p(targets[t] | logits[t]) for logits [T, V] via a full log_softmax (float32 [T]); 0 where ignored.
+
+    The oracle of target_log_probs_from_logits and, with logits = hidden @ weight.T, of
+    target_log_probs_from_hidden."""
+    ignored = targets == ignore_index
+    safe = torch.where(ignored, torch.zeros_like(targets), targets)
+    picked = torch.log_softmax(logits.float(), dim=-1).gather(1, safe.unsqueeze(1)).squeeze(1)
+    return torch.where(ignored, torch.zeros_like(picked), picked)
+
+
+def token_rewards_from_face_logprobs(logp_pos: torch.Tensor, logp_neg: torch.Tensor, mask: torch.Tensor,
+                                     sign: torch.Tensor, tau: float = 1.0, theta: float = 0.0,
+                                     eps: float = 1e-6) -> torch.Tensor:
+    """LLMdoctor's token rewards (METHODS.md §2.2) over a padded batch of responses [B, T]:
+    delta = |lp_pos - lp_neg|; dhat = delta / (mean of delta over the response's valid tokens + eps);
+    S = tanh(dhat / tau); r = sign * S * [S > theta]; 0 at masked positions."""
+    delta = (logp_pos - logp_neg).abs() * mask
+    count = mask.sum(dim=1, keepdim=True)
+    mean = delta.sum(dim=1, keepdim=True) / count.clamp_min(1)
+    strength = torch.tanh(delta / (mean + eps) / tau)
+    rewards = sign.unsqueeze(1) * strength * (strength > theta)
+    return torch.where(mask & (count > 0), rewards, torch.zeros_like(rewards))

@@ -1,0 +1,1 @@
+"""Bundled data sets (files beside this module) and the scripts that generate them."""
