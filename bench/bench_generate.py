@@ -2,6 +2,8 @@
 all measured in the same run, on the same prompt and settings (top-p 0.9, temperature 1):
 
   (a) fastdoctor.generate: per-model KV caches, last-position prefill, the fused mix-and-sample op
+  (a+) the same with compile=True: static KV caches and a torch.compile'd (weight-frozen) decode step per
+      model; timed after a first call that compiles (its time is reported as compile_s)
   (b) a research-style loop: HF forward per model per step with a dynamic cache, full-logit prefill, the
       eager mixing and sampling chain (log_softmax per model, sort-based top-p, multinomial)
   (c) the same, with the doctor recomputing the whole prefix every step (no doctor KV cache)
@@ -88,9 +90,11 @@ def main() -> None:
             weights = torch.tensor([[1.0, 0.5]]).expand(batch, 2)
             reps = 3 if new_tokens <= 64 else 1
             fastdoctor.generate(patient, ids, doctors=[doctor], betas=[0.5], max_new_tokens=4, top_p=0.9, seed=0)
+            guided = dict(doctors=[doctor], betas=[0.5], max_new_tokens=new_tokens, top_p=0.9, seed=0)
+            compile_s = timed(lambda: fastdoctor.generate(patient, ids, compile=True, **guided), 1)
             t = {
-                "fastdoctor": timed(lambda: fastdoctor.generate(patient, ids, doctors=[doctor], betas=[0.5],
-                                                                max_new_tokens=new_tokens, top_p=0.9, seed=0), reps),
+                "fastdoctor": timed(lambda: fastdoctor.generate(patient, ids, **guided), reps),
+                "fastdoctor_compiled": timed(lambda: fastdoctor.generate(patient, ids, compile=True, **guided), reps),
                 "research": timed(lambda: research_loop(patient, doctor, ids, new_tokens, weights, True), reps),
                 "no_doctor_cache": timed(lambda: research_loop(patient, doctor, ids, new_tokens, weights, False),
                                          reps),
@@ -102,13 +106,18 @@ def main() -> None:
                 "forwards": timed(lambda: forwards_only(patient, doctor, ids, new_tokens), reps),
             }
             tokens = batch * new_tokens
-            row = {"batch": batch, "new_tokens": new_tokens, "reps": reps,
+            row = {"batch": batch, "new_tokens": new_tokens, "reps": reps, "compile_s": compile_s,
                    **{f"{k}_tok_s": tokens / v for k, v in t.items()},
                    "overhead": t["fastdoctor"] / t["forwards"],
                    "speedup_vs_research": t["research"] / t["fastdoctor"],
-                   "speedup_vs_no_doctor_cache": t["no_doctor_cache"] / t["fastdoctor"]}
+                   "speedup_vs_no_doctor_cache": t["no_doctor_cache"] / t["fastdoctor"],
+                   "compiled_speedup_vs_research": t["research"] / t["fastdoctor_compiled"],
+                   "compiled_speedup_vs_no_doctor_cache": t["no_doctor_cache"] / t["fastdoctor_compiled"]}
             rows.append(row)
-            print(f"B={batch} new={new_tokens}: fastdoctor {row['fastdoctor_tok_s']:.1f} tok/s, research "
+            print(f"B={batch} new={new_tokens}: fastdoctor {row['fastdoctor_tok_s']:.1f} tok/s (compiled "
+                  f"{row['fastdoctor_compiled_tok_s']:.1f}, x{row['compiled_speedup_vs_research']:.2f} vs research, "
+                  f"x{row['compiled_speedup_vs_no_doctor_cache']:.2f} vs no doctor cache; compile "
+                  f"{compile_s:.0f} s), research "
                   f"{row['research_tok_s']:.1f}, no doctor cache {row['no_doctor_cache_tok_s']:.1f}, HF patient "
                   f"alone {row['hf_patient_alone_tok_s']:.1f}; overhead {row['overhead']:.3f}, "
                   f"x{row['speedup_vs_research']:.2f} vs research, x{row['speedup_vs_no_doctor_cache']:.2f} vs "
@@ -116,13 +125,17 @@ def main() -> None:
     meta.update({"patient": "SmolLM2-135M-Instruct (fp32)", "doctor_layers": args.doctor_layers,
                  "top_p": 0.9, "prompt_tokens": prompt.shape[1]})
     columns = [("batch", "B"), ("new_tokens", "new tokens"), ("fastdoctor_tok_s", "(a) fastdoctor tok/s"),
+               ("fastdoctor_compiled_tok_s", "(a+) compiled tok/s"),
                ("research_tok_s", "(b) research loop tok/s"), ("no_doctor_cache_tok_s", "(c) no doctor cache tok/s"),
                ("hf_patient_alone_tok_s", "(d) HF patient alone tok/s"), ("overhead", "overhead (a)/forwards"),
-               ("speedup_vs_research", "(a)/(b)"), ("speedup_vs_no_doctor_cache", "(a)/(c)")]
+               ("speedup_vs_research", "(a)/(b)"), ("speedup_vs_no_doctor_cache", "(a)/(c)"),
+               ("compiled_speedup_vs_research", "(a+)/(b)"), ("compiled_speedup_vs_no_doctor_cache", "(a+)/(c)"),
+               ("compile_s", "compile s")]
     json_path, md_path = write_results(
         "generate", "cpu", meta, rows, columns,
         note=f"Patient SmolLM2-135M-Instruct fp32 + a {args.doctor_layers}-layer truncated doctor (beta 0.5), "
-             f"top-p 0.9, prompt {prompt.shape[1]} tokens; median of 3 runs at 64 new tokens, 1 run at 256.")
+             f"top-p 0.9, prompt {prompt.shape[1]} tokens; median of 3 runs at 64 new tokens, 1 run at 256. "
+             "tok/s counts every row's tokens; overhead = (a) / the two models' forwards alone.")
     print(f"\nwrote {json_path} and {md_path}")
 
 

@@ -169,3 +169,17 @@ def test_bad_input_gets_clear_errors():
         fastdoctor.generate(model, ids, doctors=[tiny_model("llama")], betas=[1.0, 2.0])
     with pytest.raises(ValueError, match="top_p: expected values in"):
         fastdoctor.generate(model, ids, top_p=0.0)
+
+
+@pytest.mark.slow
+def test_compiled_static_cache_path_matches_hf_and_is_reusable():
+    model = tiny_model("qwen2")
+    ids, mask = left_padded_prompts()
+    expected = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=12, pad_token_id=0,
+                              eos_token_id=None)
+    first = fastdoctor.generate(model, ids, attention_mask=mask, temperature=0.0, max_new_tokens=12, compile=True)
+    again = fastdoctor.generate(model, ids, attention_mask=mask, temperature=0.0, max_new_tokens=12, compile=True)
+    assert torch.equal(first, expected) and torch.equal(again, expected)
+    sampled = fastdoctor.generate(model, ids, attention_mask=mask, max_new_tokens=12, seed=[1, 2, 3], compile=True)
+    eager = fastdoctor.generate(model, ids, attention_mask=mask, max_new_tokens=12, seed=[1, 2, 3])
+    assert torch.equal(sampled, eager)
