@@ -2,6 +2,7 @@
 
   fastdoctor env                         versions, and which compiled kernels loaded
   fastdoctor generate --prompt TEXT      stream a steered completion from the patient (+ --doctor PATH ...)
+  fastdoctor rewards --data F --out R    token-level rewards from the patient's two faces (LLMdoctor stage 1)
 """
 from __future__ import annotations
 
@@ -89,6 +90,29 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rewards(args: argparse.Namespace) -> int:
+    import transformers
+
+    import fastdoctor
+    from fastdoctor import data, rewards
+
+    transformers.logging.disable_progress_bar()
+    if args.data.startswith("bundled:"):
+        pairs = data.bundled_preferences(args.data.split(":", 1)[1])
+    else:
+        pairs = data.load_preferences(args.data)
+    if args.limit:
+        pairs = pairs[: args.limit]
+    model, tokenizer = fastdoctor.load_model(args.patient, device=args.device or "cpu")
+    settings = rewards.RewardSettings(tau=args.tau, theta=args.theta, eps=args.eps, faces=rewards.FACES[args.faces],
+                                      truncate=args.truncate)
+    summary = rewards.acquire_rewards(model, tokenizer, pairs, args.out, settings,
+                                      share_prefix=not args.no_prefix_sharing, patient_name=args.patient)
+    print(f"[rewards] wrote {args.out}: {summary['pairs']} pairs, {summary['response_tokens']} response tokens, "
+          f"{100 * summary['nonzero_fraction']:.1f}% non-zero rewards, {summary['seconds']} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastdoctor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,6 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gen.set_defaults(func=_cmd_generate)
+    rw = sub.add_parser("rewards", help="token-level rewards from the patient's positive and negative faces")
+    rw.add_argument("--data", required=True, help="JSONL with prompt/chosen/rejected, or bundled:train / bundled:test")
+    rw.add_argument("--out", required=True, help="output .safetensors (written atomically; resumable)")
+    rw.add_argument("--patient", default="default")
+    rw.add_argument("--faces", default="general", choices=["general", "positivity"], help="face system prompts")
+    rw.add_argument("--tau", type=float, default=1.0, help="tanh temperature")
+    rw.add_argument("--theta", type=float, default=0.5, help="sparsity threshold on tanh(dhat / tau)")
+    rw.add_argument("--eps", type=float, default=1e-6)
+    rw.add_argument("--truncate", action="store_true", help="cut responses that exceed the context")
+    rw.add_argument("--no-prefix-sharing", action="store_true", help="prefill prompt+response per face (slower)")
+    rw.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    rw.add_argument("--device", default=None)
+    rw.set_defaults(func=_cmd_rewards)
     args = parser.parse_args(argv)
     return args.func(args)
 
