@@ -5,8 +5,9 @@
   reference (hidden) logits = hidden @ W^T, then log_softmax + gather
   fused chunked      ops.target_log_probs_from_hidden: vocabulary chunks of 4096, [T, V] never exists
 
-Median times in the same run; peak extra memory measured in a fresh subprocess per variant (the rise of
-peak RSS over the inputs, CPU) or by torch.cuda.max_memory_allocated (GPU).
+Median times in the same run; peak extra memory measured in a fresh subprocess per variant: on the CPU,
+the rise of peak RSS (VmHWM, reset once the inputs exist) over the resident inputs; on a GPU,
+torch.cuda.max_memory_allocated.
 
     python bench/bench_token_scoring.py [--device cpu|cuda]
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import subprocess
 import sys
 
@@ -56,11 +57,19 @@ if {device!r} == "cuda":
     variants(hidden, weight, targets, logits)[{name!r}](); torch.cuda.synchronize()
     print(torch.cuda.max_memory_allocated() - base)
 else:
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Reset the peak-RSS mark (VmHWM) after the inputs exist, so only the variant's own rise is seen.
+    def hwm():
+        return int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) * 1024
+    def rss():
+        return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) * 1024
+    open("/proc/self/clear_refs", "w").write("5")
+    base = rss()
     variants(hidden, weight, targets, logits)[{name!r}]()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+    print(hwm() - base)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # A fixed mmap threshold makes every large buffer its own mapping, returned on free, so RSS tracks use.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return int(out.stdout.strip().splitlines()[-1])
 
 

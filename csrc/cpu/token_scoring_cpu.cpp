@@ -70,11 +70,15 @@ at::Tensor target_log_probs_from_logits_cpu(const at::Tensor& logits_in, const a
   std::vector<float> target_logit(rows, 0.0f);
   const int64_t* y = targets.data_ptr<int64_t>();
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> row(vocab);
+    std::vector<float> converted(kind == ScalarKind::kFloat32 ? 0 : vocab);
     for (int64_t r = begin; r < end; ++r) {
-      load_row_as_float(base + r * row_bytes, kind, row.data(), vocab);
-      const float m = row_max(row.data(), vocab);
-      const double s = m == -std::numeric_limits<float>::infinity() ? 0.0 : sum_exp_shifted(row.data(), vocab, m);
+      const float* row = reinterpret_cast<const float*>(base + r * row_bytes);  // fp32 rows are read in place
+      if (kind != ScalarKind::kFloat32) {
+        load_row_as_float(base + r * row_bytes, kind, converted.data(), vocab);
+        row = converted.data();
+      }
+      const float m = row_max(row, vocab);
+      const double s = m == -std::numeric_limits<float>::infinity() ? 0.0 : sum_exp_shifted(row, vocab, m);
       lse[r] = OnlineLogSumExp{m, static_cast<float>(s)};
       if (y[r] >= 0 && y[r] < vocab) target_logit[r] = row[y[r]];
     }

@@ -4,8 +4,8 @@ For every preference pair, both responses are scored token by token (teacher for
 prompts of the same frozen patient: delta_t = |log pi_pos(y_t) - log pi_neg(y_t)|, normalised by the
 response's mean, squashed (tanh(. / tau)) and thresholded at theta, with the sign of the preference label.
 
-Each face's prompt prefix is prefilled once and its KV cache reused for both responses (cropped back in
-between): two prefills per pair instead of four. Log-probabilities come from the final hidden states and
+Each face's prompt prefix is prefilled once and its KV cache reused for both responses, which then run
+together as one batch: two prefills per pair instead of four. Log-probabilities come from the final hidden states and
 the LM head, vocabulary chunk by chunk (ops.target_log_probs_from_hidden), so [T, V] logits never exist.
 """
 from __future__ import annotations
@@ -107,28 +107,35 @@ def _lm_head_weight(model) -> torch.Tensor | None:
     return head.weight
 
 
-def _score_tokens(model, prefix_hidden_last, cache, prefix_len, response: torch.Tensor, weight, chunk_size):
-    """log-probs [T] of `response` after a prefilled prefix; crops the cache back to the prefix after."""
-    if response.numel() > 1:
-        out = model.base_model(input_ids=response[:-1].unsqueeze(0), past_key_values=cache, use_cache=True)
-        hidden = torch.cat([prefix_hidden_last, out.last_hidden_state[0]], dim=0)
-    else:
-        hidden = prefix_hidden_last
-    extra = cache.get_seq_length() - prefix_len
-    if extra > 0:
-        cache.crop(-extra)  # a negative count removes that many tokens, in every transformers >= 4.4x
-    if weight is not None:
-        return ops.target_log_probs_from_hidden(hidden, weight, response, chunk_size=chunk_size, validate=False)
-    logits = model.get_output_embeddings()(hidden)
-    return ops.target_log_probs_from_logits(logits, response, validate=False)
-
-
-def _score_without_sharing(model, prefix: torch.Tensor, response: torch.Tensor, weight, chunk_size) -> torch.Tensor:
-    sequence = torch.cat([prefix, response]).unsqueeze(0)
-    hidden = model.base_model(input_ids=sequence, use_cache=False).last_hidden_state[0, prefix.numel() - 1 : -1]
+def _log_probs(model, hidden: torch.Tensor, response: torch.Tensor, weight, chunk_size: int) -> torch.Tensor:
+    """log-probs [T] of `response` from the hidden states [T, H] that predict its tokens."""
     if weight is not None:
         return ops.target_log_probs_from_hidden(hidden, weight, response, chunk_size=chunk_size, validate=False)
     return ops.target_log_probs_from_logits(model.get_output_embeddings()(hidden), response, validate=False)
+
+
+def _score_with_shared_prefix(model, prefix: torch.Tensor, responses: list[torch.Tensor], weight, chunk_size):
+    """One prefill of the prefix (batch 1); its cache is repeated for the responses, which run together in
+    one right-padded batch (padding sits after every real token, so causality keeps it out of sight)."""
+    out = model.base_model(input_ids=prefix.unsqueeze(0), use_cache=True)
+    last = out.last_hidden_state[0, -1:]
+    longest = max(r.numel() for r in responses)
+    if longest > 1:
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(len(responses))
+        batch = torch.zeros(len(responses), longest - 1, dtype=torch.int64, device=prefix.device)
+        for j, r in enumerate(responses):
+            batch[j, : r.numel() - 1] = r[:-1]
+        hidden = model.base_model(input_ids=batch, past_key_values=cache, use_cache=True).last_hidden_state
+    return [_log_probs(model, torch.cat([last, hidden[j, : r.numel() - 1]]) if r.numel() > 1 else last, r, weight,
+                       chunk_size) for j, r in enumerate(responses)]
+
+
+def _score_without_sharing(model, prefix: torch.Tensor, response: torch.Tensor, weight, chunk_size) -> torch.Tensor:
+    """The baseline: prompt + response in one forward, per face and response (four prefills per pair)."""
+    sequence = torch.cat([prefix, response]).unsqueeze(0)
+    hidden = model.base_model(input_ids=sequence, use_cache=False).last_hidden_state[0, prefix.numel() - 1 : -1]
+    return _log_probs(model, hidden, response, weight, chunk_size)
 
 
 @torch.inference_mode()
@@ -160,10 +167,7 @@ def score_pair(model, tokenizer, pair: PreferencePair, settings: RewardSettings,
     logps = {}
     for face_name, prefix in prefixes.items():
         if share_prefix:
-            out = model.base_model(input_ids=prefix.unsqueeze(0), use_cache=True)
-            last = out.last_hidden_state[0, -1:]
-            logps[face_name] = [_score_tokens(model, last, out.past_key_values, prefix.numel(), r, weight,
-                                              settings.chunk_size) for r in responses]
+            logps[face_name] = _score_with_shared_prefix(model, prefix, responses, weight, settings.chunk_size)
         else:
             logps[face_name] = [_score_without_sharing(model, prefix, r, weight, settings.chunk_size)
                                 for r in responses]
