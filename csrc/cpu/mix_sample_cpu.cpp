@@ -42,35 +42,15 @@ FD_VECTOR_CLONES void accumulate_float16(float* __restrict s, const uint16_t* __
 }
 
 // Divides by the temperature (division, not a reciprocal multiply, to match the reference bit for bit)
-// and returns the row maximum; flags NaN and +inf. Eight independent lanes so that the max reduction
-// vectorises without -ffast-math.
+// and returns the row maximum; flags NaN and +inf.
 FD_VECTOR_CLONES float scale_and_max(float* __restrict s, int64_t n, float temperature, bool* invalid) {
   if (temperature != 1.0f) {
     for (int64_t i = 0; i < n; ++i) s[i] = s[i] / temperature;
   }
-  float lane_max[8];
-  int32_t lane_bad[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (float& v : lane_max) v = -std::numeric_limits<float>::infinity();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) {
-      const float x = s[i + j];
-      lane_bad[j] |= is_invalid_logit(x);
-      lane_max[j] = lane_max[j] < x ? x : lane_max[j];
-    }
-  }
-  float m = -std::numeric_limits<float>::infinity();
-  bool bad = false;
-  for (; i < n; ++i) {
-    bad |= is_invalid_logit(s[i]);
-    m = m < s[i] ? s[i] : m;
-  }
-  for (int j = 0; j < 8; ++j) {
-    bad |= lane_bad[j] != 0;
-    m = m < lane_max[j] ? lane_max[j] : m;
-  }
-  *invalid = bad;
-  return m;
+  int32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) bad |= is_invalid_logit(s[i]);
+  *invalid = bad != 0;
+  return bad ? 0.0f : row_max(s, n);
 }
 
 // e = exp(s - m) where s >= threshold, else 0 (a pure map, so it vectorises).

@@ -87,18 +87,25 @@ FD_VECTOR_CLONES void load_row_as_float(const void* src, ScalarKind kind, float*
   }
 }
 
-// Row maximum in eight independent lanes (vectorises without -ffast-math); NaN-free input assumed.
+// Floats as int32 in the same order (for non-NaN values): negative floats get their magnitude bits
+// flipped. An integer max is something GCC vectorises without -ffast-math; a float max is not.
+__attribute__((always_inline)) inline int32_t ordered_int(float x) {
+  const int32_t bits = static_cast<int32_t>(float_as_bits(x));
+  return bits ^ ((bits >> 31) & 0x7FFFFFFF);
+}
+
+__attribute__((always_inline)) inline float from_ordered_int(int32_t key) {
+  return bits_as_float(static_cast<uint32_t>(key ^ ((key >> 31) & 0x7FFFFFFF)));
+}
+
+// Row maximum (NaN-free input assumed), vectorised through ordered_int.
 FD_VECTOR_CLONES float row_max(const float* __restrict x, int64_t n) {
-  float lanes[8];
-  for (float& v : lanes) v = -std::numeric_limits<float>::infinity();
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int j = 0; j < 8; ++j) lanes[j] = lanes[j] < x[i + j] ? x[i + j] : lanes[j];
+  int32_t m = ordered_int(-std::numeric_limits<float>::infinity());
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t key = ordered_int(x[i]);
+    m = key > m ? key : m;
   }
-  float m = -std::numeric_limits<float>::infinity();
-  for (; i < n; ++i) m = m < x[i] ? x[i] : m;
-  for (float v : lanes) m = m < v ? v : m;
-  return m;
+  return from_ordered_int(m);
 }
 
 // sum_i exp(x_i - m) for x_i <= m: sixteen float lanes within 512-element blocks (so the exp and the adds
