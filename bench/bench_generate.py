@@ -75,9 +75,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--doctor-layers", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="B = 1 and 8 with 16 new tokens only")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="model weights for every variant (bfloat16 uses AMX where the CPU has it)")
+    parser.add_argument("--skip-compiled", action="store_true", help="leave out the compile=True variant")
     args = parser.parse_args()
     torch.manual_seed(0)
-    patient, tokenizer = fastdoctor.load_model("default")
+    dtype = getattr(torch, args.dtype)
+    patient, tokenizer = fastdoctor.load_model("default", dtype=dtype)
     doctor = fastdoctor.make_doctor(patient, args.doctor_layers)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
                                            return_tensors="pt", return_dict=True)["input_ids"]
@@ -91,10 +95,13 @@ def main() -> None:
             reps = 3 if new_tokens <= 64 else 1
             fastdoctor.generate(patient, ids, doctors=[doctor], betas=[0.5], max_new_tokens=4, top_p=0.9, seed=0)
             guided = dict(doctors=[doctor], betas=[0.5], max_new_tokens=new_tokens, top_p=0.9, seed=0)
-            compile_s = timed(lambda: fastdoctor.generate(patient, ids, compile=True, **guided), 1)
-            t = {
-                "fastdoctor": timed(lambda: fastdoctor.generate(patient, ids, **guided), reps),
-                "fastdoctor_compiled": timed(lambda: fastdoctor.generate(patient, ids, compile=True, **guided), reps),
+            t = {"fastdoctor": timed(lambda: fastdoctor.generate(patient, ids, **guided), reps)}
+            compile_s = float("nan")
+            if not args.skip_compiled:
+                compile_s = timed(lambda: fastdoctor.generate(patient, ids, compile=True, **guided), 1)
+                t["fastdoctor_compiled"] = timed(lambda: fastdoctor.generate(patient, ids, compile=True, **guided),
+                                                 reps)
+            t.update({
                 "research": timed(lambda: research_loop(patient, doctor, ids, new_tokens, weights, True), reps),
                 "no_doctor_cache": timed(lambda: research_loop(patient, doctor, ids, new_tokens, weights, False),
                                          reps),
@@ -104,7 +111,8 @@ def main() -> None:
                                                                    min_new_tokens=new_tokens,
                                                                    pad_token_id=tokenizer.pad_token_id), reps),
                 "forwards": timed(lambda: forwards_only(patient, doctor, ids, new_tokens), reps),
-            }
+            })
+            t.setdefault("fastdoctor_compiled", float("nan"))
             tokens = batch * new_tokens
             row = {"batch": batch, "new_tokens": new_tokens, "reps": reps, "compile_s": compile_s,
                    **{f"{k}_tok_s": tokens / v for k, v in t.items()},
@@ -122,7 +130,7 @@ def main() -> None:
                   f"alone {row['hf_patient_alone_tok_s']:.1f}; overhead {row['overhead']:.3f}, "
                   f"x{row['speedup_vs_research']:.2f} vs research, x{row['speedup_vs_no_doctor_cache']:.2f} vs "
                   f"no doctor cache", flush=True)
-    meta.update({"patient": "SmolLM2-135M-Instruct (fp32)", "doctor_layers": args.doctor_layers,
+    meta.update({"patient": f"SmolLM2-135M-Instruct ({args.dtype})", "doctor_layers": args.doctor_layers,
                  "top_p": 0.9, "prompt_tokens": prompt.shape[1]})
     columns = [("batch", "B"), ("new_tokens", "new tokens"), ("fastdoctor_tok_s", "(a) fastdoctor tok/s"),
                ("fastdoctor_compiled_tok_s", "(a+) compiled tok/s"),
@@ -132,8 +140,8 @@ def main() -> None:
                ("compiled_speedup_vs_research", "(a+)/(b)"), ("compiled_speedup_vs_no_doctor_cache", "(a+)/(c)"),
                ("compile_s", "compile s")]
     json_path, md_path = write_results(
-        "generate", "cpu", meta, rows, columns,
-        note=f"Patient SmolLM2-135M-Instruct fp32 + a {args.doctor_layers}-layer truncated doctor (beta 0.5), "
+        "generate" if args.dtype == "float32" else f"generate_{args.dtype}", "cpu", meta, rows, columns,
+        note=f"Patient SmolLM2-135M-Instruct {args.dtype} + a {args.doctor_layers}-layer truncated doctor (beta 0.5), "
              f"top-p 0.9, prompt {prompt.shape[1]} tokens; median of 3 runs at 64 new tokens, 1 run at 256. "
              "tok/s counts every row's tokens; overhead = (a) / the two models' forwards alone.")
     print(f"\nwrote {json_path} and {md_path}")

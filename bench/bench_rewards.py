@@ -21,7 +21,7 @@ from common import run_meta, write_results
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=40)
-    parser.add_argument("--theta", type=float, default=0.5)
+    parser.add_argument("--theta", type=float, default=0.65)
     parser.add_argument("--faces", default="positivity")
     args = parser.parse_args()
     transformers.logging.disable_progress_bar()

@@ -57,7 +57,8 @@ def write_results(name: str, device: str, meta: dict, rows: list[dict], columns:
     RESULTS.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in (meta["hardware"] if device == "cuda" else "cpu")).strip("-")
     stem = RESULTS / f"{name}_{slug.lower()}"
-    payload = {"benchmark": name, **meta, "rows": rows}
+    clean = [{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()} for row in rows]
+    payload = {"benchmark": name, **meta, "rows": clean}  # NaN (a variant not run) becomes null in JSON
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# {name} on {meta['hardware']}", "",
              f"torch {meta['torch']}, fastdoctor {meta['fastdoctor']}, {meta['date']}. {note}".strip(), "",
@@ -69,6 +70,8 @@ def write_results(name: str, device: str, meta: dict, rows: list[dict], columns:
 
 
 def _fmt(value) -> str:
+    if isinstance(value, float) and value != value:
+        return "–"
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
     return str(value)

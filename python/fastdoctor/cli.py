@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     rw.add_argument("--patient", default="default")
     rw.add_argument("--faces", default="general", choices=["general", "positivity"], help="face system prompts")
     rw.add_argument("--tau", type=float, default=1.0, help="tanh temperature")
-    rw.add_argument("--theta", type=float, default=0.5, help="sparsity threshold on tanh(dhat / tau)")
+    rw.add_argument("--theta", type=float, default=0.65, help="sparsity threshold on tanh(dhat / tau)")
     rw.add_argument("--eps", type=float, default=1e-6)
     rw.add_argument("--truncate", action="store_true", help="cut responses that exceed the context")
     rw.add_argument("--no-prefix-sharing", action="store_true", help="prefill prompt+response per face (slower)")
