@@ -1,0 +1,95 @@
+"""TFPO losses (LLMdoctor stage 2, METHODS.md §2.3 and decisions 1-5): pure functions on masked, batched
+tensors. The doctor, its value head and the trainer come with the TFPO issue; these are their core.
+
+Shapes: a batch of B responses, each of up to L tokens.
+  rewards       [B, L]      token rewards r_1..r_L from stage 1 (0 at padding)
+  token_logp    [B, L]      log pi_doctor(y_t | s_{t-1}) of the observed tokens
+  log_v         [B, L + 1]  log V at the states s_0 (end of prompt) .. s_L (after the last token)
+  mask          [B, L]      True at real tokens; a response of n tokens has n + 1 states s_0..s_n
+
+Flow: log F(s_t) = log Q(s_t) + log V(s_t), log Q(s_t) = kappa * sum_{k<=t} r_k (decision 1). The SubTB
+residual of the sub-trajectory s_m -> s_n is (decision 2)
+  delta(m, n) = [log F(s_n) - log F(s_m)] - sum_{k=m}^{n-1} log pi(y_{k+1} | s_k)
+             = d_n - d_m,   d_t = log Q(s_t) + log V(s_t) - sum_{k<t} log pi(y_{k+1} | s_k),
+so the sum of delta^2 over all N(N-1)/2 pairs of the N valid states is N * sum_t (d_t - mean d)^2: O(L)
+(decision 3). subtb_loss_pairwise keeps the explicit O(L^2) form as the test oracle.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _flow_potentials(rewards, token_logp, log_v, mask, kappa: float, terminal_log_v: float | None):
+    """d [B, L + 1] and the state mask [B, L + 1] (s_0..s_n valid for a response of n tokens)."""
+    if not (rewards.shape == token_logp.shape == mask.shape):
+        raise ValueError(f"rewards, token_logp and mask: expected one shape, got {list(rewards.shape)}, "
+                         f"{list(token_logp.shape)} and {list(mask.shape)}")
+    batch, length = rewards.shape
+    if log_v.shape != (batch, length + 1):
+        raise ValueError(f"log_v: expected shape [{batch}, {length + 1}] (states s_0..s_L), got {list(log_v.shape)}")
+    mask = mask.bool()
+    zeros = rewards.new_zeros(batch, 1)
+    log_q = torch.cat([zeros, kappa * torch.cumsum(rewards * mask, dim=1)], dim=1)
+    spent = torch.cat([zeros, torch.cumsum(token_logp * mask, dim=1)], dim=1)
+    lengths = mask.sum(dim=1)
+    states = torch.arange(length + 1, device=mask.device).unsqueeze(0) <= lengths.unsqueeze(1)
+    if terminal_log_v is not None:  # decision 4: log V after the last token is pinned, so log V(s_0) plays log Z
+        terminal = torch.nn.functional.one_hot(lengths, length + 1).bool()
+        log_v = torch.where(terminal, torch.full_like(log_v, terminal_log_v), log_v)
+    return (log_q + log_v - spent) * states, states
+
+
+def subtb_loss(rewards: torch.Tensor, token_logp: torch.Tensor, log_v: torch.Tensor, mask: torch.Tensor, *,
+               kappa: float = 1.0, terminal_log_v: float | None = 0.0) -> torch.Tensor:
+    """Uniform SubTB over every sub-trajectory, averaged over each sequence's pairs, then over the batch.
+    O(L) per sequence via sum_{m<n} (d_n - d_m)^2 = N * sum_t (d_t - mean d)^2 (centred: no cancellation)."""
+    d, states = _flow_potentials(rewards, token_logp, log_v, mask, kappa, terminal_log_v)
+    count = states.sum(dim=1).to(d.dtype)
+    mean = d.sum(dim=1) / count
+    pair_sum = count * (((d - mean.unsqueeze(1)) * states) ** 2).sum(dim=1)
+    pairs = (count * (count - 1) / 2).clamp_min(1)
+    return (pair_sum / pairs).mean()
+
+
+def subtb_loss_pairwise(rewards: torch.Tensor, token_logp: torch.Tensor, log_v: torch.Tensor, mask: torch.Tensor, *,
+                        kappa: float = 1.0, terminal_log_v: float | None = 0.0,
+                        lam: float | None = None) -> torch.Tensor:
+    """The explicit O(L^2) form: every delta(m, n) for m < n over valid states. With lam, pairs are weighted
+    lam^(n - m) (SubTB(lambda)) and normalised by the sum of weights; this is the lambda variant itself
+    (memory O(L^2) per sequence), and with lam=None the oracle of subtb_loss."""
+    d, states = _flow_potentials(rewards, token_logp, log_v, mask, kappa, terminal_log_v)
+    delta = d.unsqueeze(1) - d.unsqueeze(2)  # [B, m, n] = d_n - d_m
+    positions = torch.arange(d.shape[1], device=d.device)
+    upper = positions.unsqueeze(0) < positions.unsqueeze(1)  # m < n
+    upper = upper.t()
+    valid = upper.unsqueeze(0) & states.unsqueeze(2) & states.unsqueeze(1)
+    weights = valid.to(d.dtype)
+    if lam is not None:
+        span = (positions.unsqueeze(0) - positions.unsqueeze(1)).clamp_min(0).to(d.dtype)  # n - m
+        weights = weights * lam**span
+    per_sequence = (weights * delta**2).sum(dim=(1, 2)) / weights.sum(dim=(1, 2)).clamp_min(1e-12)
+    return per_sequence.mean()
+
+
+def value_margin_loss(log_v_preferred: torch.Tensor, log_v_other: torch.Tensor, *, gamma: float = 0.1) -> torch.Tensor:
+    """The value discrimination hinge (decision 5): mean of max(0, gamma - (log V(s + y_w) - log V(s + y_l)))
+    over pairs of states that share a prefix and differ in the next token."""
+    if log_v_preferred.shape != log_v_other.shape:
+        raise ValueError(f"log_v_other: expected shape {list(log_v_preferred.shape)}, got {list(log_v_other.shape)}")
+    return torch.relu(gamma - (log_v_preferred - log_v_other)).mean()
+
+
+def first_divergence(chosen: torch.Tensor, rejected: torch.Tensor, chosen_mask: torch.Tensor,
+                     rejected_mask: torch.Tensor) -> torch.Tensor:
+    """The index t of the first response token where chosen and rejected differ ([B]; the state s_t is their
+    shared prefix, and s_t + y_w, s_t + y_l are the pair for value_margin_loss). A response that is a prefix
+    of the other diverges at its end."""
+    length = max(chosen.shape[1], rejected.shape[1])
+    pad = lambda x: torch.nn.functional.pad(x, (0, length - x.shape[1]))  # noqa: E731
+    same = (pad(chosen) == pad(rejected)) & pad(chosen_mask.long()).bool() & pad(rejected_mask.long()).bool()
+    return (~same).long().argmax(dim=1)
+
+
+def tfpo_loss(subtb: torch.Tensor, value: torch.Tensor, *, lam: float = 0.1) -> torch.Tensor:
+    """L_TFPO = L_SubTB + lambda * L_value (METHODS.md §2.3; lambda = 0.1 by decision 9)."""
+    return subtb + lam * value
