@@ -8,20 +8,7 @@ from __future__ import annotations
 import torch
 
 from fastdoctor import tfpo
-from common import median_seconds, run_meta, write_results
-
-
-def peak_rss_rise(fn) -> int:
-    """Bytes by which the process's peak RSS rose during fn() (Linux: VmHWM reset through clear_refs)."""
-    def field(name):
-        with open("/proc/self/status") as status:
-            return int(next(line for line in status if line.startswith(name)).split()[1]) * 1024
-
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")
-    before = field("VmRSS")
-    fn()
-    return field("VmHWM") - before
+from common import median_seconds, peak_rss_rise, run_meta, write_results
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ def variants(hidden, weight, targets, logits):
 def peak_extra_bytes(name: str, tokens: int, device: str) -> int:
     """Runs one variant in a fresh process and reports how far its peak memory rose above the inputs'."""
     code = f"""
-import resource, sys, torch
+import sys, torch
 sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
 from bench_token_scoring import make_inputs, variants
 hidden, weight, targets = make_inputs({tokens}, {device!r})
@@ -57,15 +57,8 @@ if {device!r} == "cuda":
     variants(hidden, weight, targets, logits)[{name!r}](); torch.cuda.synchronize()
     print(torch.cuda.max_memory_allocated() - base)
 else:
-    # Reset the peak-RSS mark (VmHWM) after the inputs exist, so only the variant's own rise is seen.
-    def hwm():
-        return int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]) * 1024
-    def rss():
-        return int([l for l in open("/proc/self/status") if l.startswith("VmRSS")][0].split()[1]) * 1024
-    open("/proc/self/clear_refs", "w").write("5")
-    base = rss()
-    variants(hidden, weight, targets, logits)[{name!r}]()
-    print(hwm() - base)
+    from common import peak_rss_rise  # peak RSS reset once the inputs exist: only the variant's own rise
+    print(peak_rss_rise(variants(hidden, weight, targets, logits)[{name!r}]))
 """
     # A fixed mmap threshold makes every large buffer its own mapping, returned on free, so RSS tracks use.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}

@@ -51,6 +51,19 @@ def median_seconds(fn: Callable[[], object], device: str, *, min_reps: int = 5, 
     return statistics.median(samples)
 
 
+def peak_rss_rise(fn) -> int:
+    """Bytes by which the process's peak RSS rose during fn() (Linux: VmHWM reset through clear_refs)."""
+    def field(name):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith(name)).split()[1]) * 1024
+
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    before = field("VmRSS")
+    fn()
+    return field("VmHWM") - before
+
+
 def write_results(name: str, device: str, meta: dict, rows: list[dict], columns: list[tuple[str, str]],
                   note: str = "") -> tuple[pathlib.Path, pathlib.Path]:
     """Writes bench/results/<name>_<device>.json and .md; columns are (key, header) pairs."""

@@ -8,7 +8,7 @@
 //              inside that bin finds the boundary value (no sort)
 //   5. sample: inverse CDF in vocabulary order at u = Philox(seed, step), skipping 64-wide blocks by sum
 // Checked against python/fastdoctor/reference.py::mixed_sampling_from_logits in tests/test_mix_sample.py.
-// Hot loops get an AVX2 clone (target_clones) picked at load time, so the wheel still runs on any x86-64.
+// Hot loops get AVX-512 and AVX2 clones (vector_math.h) picked at load time, so the wheel runs on any x86-64.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -1,5 +1,5 @@
 // CPU-only vector math shared by the CPU kernels: a vectorisable exp, fp16/bf16 loads, lane reductions.
-// Everything is in an anonymous namespace: each kernel file gets its own copies and its own AVX2 clones
+// Everything is in an anonymous namespace: each kernel file gets its own copies and its own AVX-512/AVX2 clones
 // (FD_VECTOR_CLONES), picked at load time, so one wheel runs on any x86-64.
 #pragma once
 #include <cstdint>

@@ -244,7 +244,7 @@ class _Progress:
 
             self.bar = tqdm(total=total, initial=done, desc="rewards", unit="pair")
 
-    def step(self, tokens: int) -> None:
+    def step(self) -> None:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -284,15 +284,13 @@ def acquire_rewards(model, tokenizer, pairs: Sequence[PreferencePair], out: str 
                 scored = _tensors_to_pairs({k: handle.get_tensor(k) for k in handle.keys()})
     started = time.time()
     progress = _Progress(len(pairs), len(scored))
-    tokens = 0
     try:
         for index in range(len(scored), len(pairs)):
             if stop_after is not None and index >= stop_after:
                 return {"stopped_at": index}
             result = score_pair(model, tokenizer, pairs[index], settings, index, share_prefix)
             scored.append(result)
-            tokens += 2 * sum(r.numel() for r in result.response_ids)
-            progress.step(tokens)
+            progress.step()
             if len(scored) % checkpoint_every == 0 and len(scored) < len(pairs):
                 _atomic_save(_pairs_to_tensors(scored), partial, {"fingerprint": fingerprint})
     finally:
