@@ -31,6 +31,13 @@ TORCH_LIBRARY(fastdoctor, m) {
   m.def(
       "token_rewards_from_face_logprobs(Tensor logp_pos, Tensor logp_neg, Tensor mask, Tensor sign, "
       "float tau=1.0, float theta=0.0, float eps=1e-6) -> Tensor");
+  // TARo router gating: alpha = sigmoid(w2 . tanh(w1 h + b1) + b2) from the top-K features of both models,
+  // then mixed_sampling_from_logits on (1 - alpha) z_base + alpha z_rm. Returns (tokens int64 [B],
+  // logprobs float32 [B], alpha float32 [B]). See csrc/kernels/router_gating.h.
+  m.def(
+      "routed_sampling_from_logits(Tensor base_logits, Tensor rm_logits, Tensor embedding, Tensor w1, Tensor b1, "
+      "Tensor w2, Tensor b2, Tensor temperature, Tensor top_k, Tensor top_p, Tensor seed, Tensor step, "
+      "int top_k_features=20, int vocab_size=-1) -> (Tensor, Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, m) {

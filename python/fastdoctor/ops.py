@@ -217,3 +217,117 @@ def token_rewards_from_face_logprobs(logp_pos: torch.Tensor, logp_neg: torch.Ten
     if not 0 <= theta < 1:
         raise ValueError(f"theta: expected a threshold in [0, 1) (S = tanh(.) lies in [0, 1)), got {theta}")
     return torch.ops.fastdoctor.token_rewards_from_face_logprobs(logp_pos, logp_neg, mask, sign, tau, theta, eps)
+
+
+# --- TARo router gating -------------------------------------------------------------------------------------
+
+MAX_ROUTER_TOP_K = 64
+
+
+@torch.library.register_fake("fastdoctor::routed_sampling_from_logits")
+def _routed_sampling_from_logits_fake(base_logits, rm_logits, embedding, w1, b1, w2, b2, temperature, top_k, top_p,
+                                      seed, step, top_k_features=20, vocab_size=-1):
+    batch = base_logits.shape[0]
+    return (base_logits.new_empty(batch, dtype=torch.int64), base_logits.new_empty(batch, dtype=torch.float32),
+            base_logits.new_empty(batch, dtype=torch.float32))
+
+
+def _explain_invalid_routed_rows(base_logits, rm_logits, alpha, tokens, vocab: int, router: dict) -> None:
+    """Turns the rows the kernels marked invalid (token -1) into a ValueError that names the culprit."""
+    bad_rows = (tokens < 0).nonzero().flatten().tolist()
+    if not bad_rows:
+        return
+    row = bad_rows[0]
+    for name, z in (("base_logits", base_logits), ("rm_logits", rm_logits)):
+        values = z[row, :vocab].float()
+        if bool(torch.isnan(values).any()):
+            raise ValueError(f"{name}: row {row} contains NaN (rows with invalid logits: {bad_rows})")
+        if bool(torch.isposinf(values).any()):
+            raise ValueError(f"{name}: row {row} contains +inf (rows with invalid logits: {bad_rows})")
+    if bool(torch.isnan(alpha[row])):
+        for name, tensor in router.items():
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name}: the router's parameters hold NaN or inf (alpha is NaN in rows {bad_rows})")
+        raise ValueError(f"router: alpha of row {row} is NaN: a top-K feature logit is -inf (fewer than "
+                         f"top_k_features finite logits?) (rows: {bad_rows})")
+    raise ValueError(f"base_logits, rm_logits: the routed logits of row {row} are all -inf or overflow to inf/NaN "
+                     f"(alpha {float(alpha[row])}; rows with invalid logits: {bad_rows})")
+
+
+def routed_sampling_from_logits(
+    base_logits: torch.Tensor,
+    rm_logits: torch.Tensor,
+    embedding: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    *,
+    top_k_features: int = 20,
+    temperature: RowParam = 1.0,
+    top_k: RowParam = 0,
+    top_p: RowParam = 1.0,
+    seed: RowParam = 0,
+    step: RowParam = 0,
+    vocab_size: int | None = None,
+    validate: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TARo decoding step in one op: route, mix, filter, and sample one token per row.
+
+    alpha = sigmoid(w2 . tanh(w1 h + b1) + b2) per row, where h [2K(d+1)] holds the top-K (logit, embedding of
+    the token id) of the base model, then of the reward model, in rank order (reference.router_features is the
+    layout's definition); then z = (1 - alpha) z_base + alpha z_rm goes through exactly the sampling of
+    mixed_sampling_from_logits (per-row temperature, top_k, top_p, Philox seed/step).
+
+    Args:
+      base_logits, rm_logits: [B, V] float32, bfloat16 or float16 (each its own dtype), one device. The two
+        vocabularies must match unless `vocab_size` is given (a shared tokenizer is required).
+      embedding: float32 [num_embeddings >= V, d] (nn.Embedding(V, d).weight).
+      w1, b1: float32 [H, 2K(d+1)] and [H] (nn.Linear(2K(d+1), H)); any H.
+      w2, b2: float32 [H] or [1, H], and [1] or [] (nn.Linear(H, 1)).
+      top_k_features: K, 1..64 and <= V; must match the router's w1 (K and d are checked against its shape).
+      temperature, top_k, top_p, seed, step, vocab_size: as in mixed_sampling_from_logits (0 = greedy / off).
+      validate: check sampling values and turn invalid rows into a ValueError (reads device memory).
+
+    Returns:
+      tokens int64 [B], logprobs float32 [B] (under the routed, filtered, renormalised distribution), alpha
+      float32 [B] in (0, 1). With validate=False, a row with NaN or +inf logits gives token -1, NaN, NaN.
+    """
+    for name, tensor in (("base_logits", base_logits), ("rm_logits", rm_logits), ("embedding", embedding),
+                         ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}: expected a tensor, got {type(tensor).__name__}")
+    for name, z in (("base_logits", base_logits), ("rm_logits", rm_logits)):
+        if z.dtype not in _LOGIT_DTYPES:
+            raise TypeError(f"{name}: expected float32, bfloat16 or float16, got {z.dtype}")
+        if z.dim() != 2:
+            raise ValueError(f"{name}: expected shape [batch, vocab], got {list(z.shape)}")
+    batch, device = base_logits.shape[0], base_logits.device
+    if rm_logits.device != device:  # checked here too: a mix of devices could dispatch past the kernel's check
+        raise ValueError(f"rm_logits: expected device {device} (that of base_logits), got {rm_logits.device}")
+    if isinstance(top_k_features, bool) or not isinstance(top_k_features, int):
+        raise TypeError(f"top_k_features: expected an int, got {top_k_features!r}")
+    if not 1 <= top_k_features <= MAX_ROUTER_TOP_K:
+        raise ValueError(f"top_k_features: expected K in [1, {MAX_ROUTER_TOP_K}], got {top_k_features}")
+    if w2.dim() == 2 and w2.shape[0] == 1:  # nn.Linear(H, 1).weight
+        w2 = w2[0]
+    if b2.dim() == 0:
+        b2 = b2.reshape(1)
+    temperature = as_row_tensor(temperature, "temperature", batch, torch.float32, device)
+    top_k = as_row_tensor(top_k, "top_k", batch, torch.int64, device)
+    top_p = as_row_tensor(top_p, "top_p", batch, torch.float32, device)
+    seed = as_row_tensor(seed, "seed", batch, torch.int64, device)
+    step = as_row_tensor(step, "step", batch, torch.int64, device)
+    if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size <= 0):
+        raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
+    if validate:
+        # The mixing weights are (1 - alpha, alpha), finite by construction: only the row parameters to check.
+        check_sampling_values(torch.zeros(1), temperature, top_k, top_p)
+
+    tokens, logprobs, alpha = torch.ops.fastdoctor.routed_sampling_from_logits(
+        base_logits, rm_logits, embedding, w1, b1, w2, b2, temperature, top_k, top_p, seed, step, top_k_features,
+        -1 if vocab_size is None else vocab_size)
+    if validate:
+        _explain_invalid_routed_rows(base_logits, rm_logits, alpha, tokens, vocab_size or base_logits.shape[1],
+                                     {"embedding": embedding, "w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    return tokens, logprobs, alpha

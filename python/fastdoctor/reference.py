@@ -170,3 +170,113 @@ def token_rewards_from_face_logprobs(logp_pos: torch.Tensor, logp_neg: torch.Ten
     strength = torch.tanh(delta / (mean + eps) / tau)
     rewards = sign.unsqueeze(1) * strength * (strength > theta)
     return torch.where(mask & (count > 0), rewards, torch.zeros_like(rewards))
+
+
+# --- TARo router gating (METHODS.md §3.3, decision 7) -------------------------------------------------------
+# The feature layout below is the single source of truth shared by the kernels (csrc/kernels/router_gating.h)
+# and the router trainer: for each row, the top-K of the base logits, then the top-K of the reward model's
+# logits, each candidate as [logit ; E[token id]] (d + 1 floats), in descending rank order:
+#   h = [zb_(0), E[ib_(0)], zb_(1), E[ib_(1)], ..., zb_(K-1), E[ib_(K-1)], zr_(0), E[ir_(0)], ..., zr_(K-1), E[ir_(K-1)]]
+# h has 2K(d+1) entries. Equal logits rank by the lower token id. E is nn.Embedding(V, d).weight, (w1, b1) is
+# nn.Linear(2K(d+1), H) and (w2, b2) is nn.Linear(H, 1); alpha = sigmoid(w2 . tanh(w1 h + b1) + b2).
+
+ROUTER_MAX_TOP_K = 64
+
+
+def router_top_k(logits: torch.Tensor, k: int, vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values float32 [B, k], token ids int64 [B, k]) in descending rank order; ties go to the lower id (a
+    stable descending sort, which torch.topk does not promise)."""
+    z = logits[:, : (vocab_size or logits.shape[-1])].to(torch.float32)
+    values, ids = torch.sort(z, dim=-1, descending=True, stable=True)
+    return values[:, :k], ids[:, :k]
+
+
+def router_features(base_logits: torch.Tensor, rm_logits: torch.Tensor, embedding_weight: torch.Tensor, k: int,
+                    vocab_size: int | None = None) -> torch.Tensor:
+    """The router's input h [B, 2K(d+1)] in the layout above (float32)."""
+    parts = []
+    for logits in (base_logits, rm_logits):
+        values, ids = router_top_k(logits, k, vocab_size)
+        pairs = torch.cat([values.unsqueeze(-1), embedding_weight[ids].to(torch.float32)], dim=-1)  # [B, K, d+1]
+        parts.append(pairs.flatten(1))
+    return torch.cat(parts, dim=1)
+
+
+def router_invalid_rows(base_logits: torch.Tensor, rm_logits: torch.Tensor, vocab_size: int | None = None):
+    """[B] bool: rows whose base or RM logits hold NaN or +inf (alpha is NaN there, the token -1)."""
+    bad = torch.zeros(base_logits.shape[0], dtype=torch.bool, device=base_logits.device)
+    for logits in (base_logits, rm_logits):
+        z = logits[:, : (vocab_size or logits.shape[-1])]
+        bad |= torch.isnan(z).any(dim=1) | torch.isposinf(z).any(dim=1)
+    return bad
+
+
+def router_alpha_reference(base_logits: torch.Tensor, rm_logits: torch.Tensor, embedding: torch.Tensor,
+                           w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, k: int = 20,
+                           vocab_size: int | None = None) -> torch.Tensor:
+    """alpha float32 [B] = sigmoid(w2 . tanh(w1 h + b1) + b2) with h = router_features(...); w2 may be [H] or
+    nn.Linear's [1, H], b2 [1] or []. NaN for rows with NaN or +inf logits."""
+    h = router_features(base_logits, rm_logits, embedding, k, vocab_size)
+    hidden = torch.tanh(h @ w1.to(torch.float32).t() + b1.to(torch.float32))
+    alpha = torch.sigmoid(hidden @ w2.reshape(-1).to(torch.float32) + b2.reshape(()).to(torch.float32))
+    invalid = router_invalid_rows(base_logits, rm_logits, vocab_size)
+    return torch.where(invalid, torch.full_like(alpha, float("nan")), alpha)
+
+
+def routed_mix_weights(alpha: torch.Tensor) -> torch.Tensor:
+    """[B, 2] weights (1 - alpha, alpha) for (base, rm): z = (1 - alpha) z_base + alpha z_rm."""
+    return torch.stack([1.0 - alpha, alpha], dim=1)
+
+
+def routed_sampling_reference(
+    base_logits: torch.Tensor,
+    rm_logits: torch.Tensor,
+    embedding: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    seed: torch.Tensor,
+    step: torch.Tensor,
+    top_k_features: int = 20,
+    vocab_size: int | None = None,
+):
+    """The oracle of torch.ops.fastdoctor.routed_sampling_from_logits: alpha from router_alpha_reference, then
+    mixed_sampling_from_logits (above) on weights (1 - alpha, alpha). Returns (tokens int64 [B], logprobs
+    float32 [B], alpha float32 [B]); invalid rows give (-1, NaN, NaN for NaN/+inf logits)."""
+    alpha = router_alpha_reference(base_logits, rm_logits, embedding, w1, b1, w2, b2, top_k_features, vocab_size)
+    tokens, logprobs = mixed_sampling_from_logits([base_logits, rm_logits], routed_mix_weights(alpha), temperature,
+                                                  top_k, top_p, seed, step, vocab_size)
+    return tokens, logprobs, alpha
+
+
+def eager_routed_sampling_chain(
+    base_logits: torch.Tensor,
+    rm_logits: torch.Tensor,
+    embedding: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    top_k_features: int = 20,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eager TARo step research code runs (the benchmark baseline): torch.topk per model, embedding
+    lookup, Linear-tanh-Linear-sigmoid, then greedy argmax of the mixed logits or eager_mix_sample_chain with
+    weights (1 - alpha, alpha). Returns (tokens [B], alpha [B])."""
+    parts = []
+    for logits in (base_logits, rm_logits):
+        values, ids = torch.topk(logits.float(), top_k_features, dim=-1)
+        parts.append(torch.cat([values.unsqueeze(-1), torch.nn.functional.embedding(ids, embedding)], -1).flatten(1))
+    hidden = torch.tanh(torch.nn.functional.linear(torch.cat(parts, dim=1), w1, b1))
+    alpha = torch.sigmoid(torch.nn.functional.linear(hidden, w2.reshape(1, -1), b2.reshape(1))).squeeze(1)
+    weights = routed_mix_weights(alpha)
+    if bool((temperature == 0).all()):
+        mixed = weights[:, :1] * base_logits.float() + weights[:, 1:] * rm_logits.float()
+        return mixed.argmax(dim=-1), alpha
+    return eager_mix_sample_chain([base_logits, rm_logits], weights, temperature, top_k, top_p), alpha
