@@ -303,8 +303,11 @@ def routed_sampling_from_logits(
         if z.dim() != 2:
             raise ValueError(f"{name}: expected shape [batch, vocab], got {list(z.shape)}")
     batch, device = base_logits.shape[0], base_logits.device
-    if rm_logits.device != device:  # checked here too: a mix of devices could dispatch past the kernel's check
-        raise ValueError(f"rm_logits: expected device {device} (that of base_logits), got {rm_logits.device}")
+    # Checked here too: a mix of devices could dispatch past the kernel's check (to another backend's kernel).
+    for name, tensor in (("rm_logits", rm_logits), ("embedding", embedding), ("w1", w1), ("b1", b1), ("w2", w2),
+                         ("b2", b2)):
+        if tensor.device != device:
+            raise ValueError(f"{name}: expected device {device} (that of base_logits), got {tensor.device}")
     if isinstance(top_k_features, bool) or not isinstance(top_k_features, int):
         raise TypeError(f"top_k_features: expected an int, got {top_k_features!r}")
     if not 1 <= top_k_features <= MAX_ROUTER_TOP_K:
