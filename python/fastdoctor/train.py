@@ -1,0 +1,330 @@
+"""One small training loop for every model fastdoctor trains (TFPO doctors, distillation, GenARM / TARo
+reward models, routers), in the nanoGPT manner: AdamW, gradient accumulation, clipping, linear warmup then
+cosine decay, bf16 autocast on CUDA, atomic checkpoints that resume bit-for-bit, one parseable log line
+every N steps (a tqdm bar on a terminal), a JSONL log and a PNG of the curves.
+
+Data parallel through torch.distributed: launch with `torchrun --nproc_per_node N ...` and every process
+takes its share of each global batch; gradients are averaged with one all-reduce per optimizer step, so N
+processes make the same update as one process on the same global batch (tested with gloo on the CPU).
+
+The order of examples is a function of (seed, epoch) only, and the checkpoint holds the optimizer state and
+the RNG state, so a run resumed from step k continues exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+
+LossFn = Callable[[list], tuple[torch.Tensor, dict]]
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """steps: optimizer steps. batch_size: examples per optimizer step over all processes; micro_batch_size
+    examples go through one forward/backward (0: the whole local batch), the rest is gradient accumulation."""
+
+    steps: int = 100
+    batch_size: int = 8
+    micro_batch_size: int = 0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+    autocast: str = "auto"  # "auto": bf16 on CUDA, none on the CPU; or "bf16" / "none"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size < 0 or self.warmup_steps < 0:
+            raise ValueError("micro_batch_size and warmup_steps: expected >= 0")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected > 0, got {self.lr}")
+        if self.autocast not in ("auto", "bf16", "none"):
+            raise ValueError(f"autocast: expected 'auto', 'bf16' or 'none', got {self.autocast!r}")
+
+    def learning_rate(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        progress = (step - self.warmup_steps) / max(self.steps - self.warmup_steps, 1)
+        cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * cosine)
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL with CUDA, else
+    gloo. A plain run is rank 0 of 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, count: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(count, generator=generator).tolist()
+
+
+def batch_indices(step: int, count: int, batch_size: int, seed: int) -> list[int]:
+    """The global batch of optimizer step `step`: consecutive positions of an endless stream of seeded
+    epoch permutations."""
+    positions = range(step * batch_size, (step + 1) * batch_size)
+    return [_epoch_order(seed, p // count, count)[p % count] for p in positions]
+
+
+# ---- checkpoints: safetensors + JSON, never pickle ----
+
+def _optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict, list]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, slots in state["state"].items():
+        for key, value in slots.items():
+            tensors[f"{index}.{key}"] = value if isinstance(value, torch.Tensor) else torch.tensor(value)
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, groups
+
+
+def _optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict, groups: list) -> None:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _signature(model: torch.nn.Module, config: TrainConfig, count: int, world: int) -> dict:
+    return {"config": dataclasses.asdict(config), "examples": count, "world": world,
+            "params": {name: list(p.shape) for name, p in _trainable(model).items()}}
+
+
+def save_checkpoint(path: pathlib.Path, model, optimizer, step: int, signature: dict) -> None:
+    """Writes <path>/{trainable,optimizer,rng}.safetensors + state.json into a temporary folder and renames
+    it into place, so a crash never leaves a half-written checkpoint."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(model).items()},
+                  str(staging / "trainable.safetensors"))
+        tensors, groups = _optimizer_to_tensors(optimizer)
+        save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(staging / "optimizer.safetensors"))
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(staging / "rng.safetensors"))
+        (staging / "state.json").write_text(json.dumps({"step": step, "param_groups": groups,
+                                                        "signature": signature}, indent=1))
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def load_checkpoint(path: pathlib.Path, model, optimizer, signature: dict) -> int:
+    """Restores the trainable weights, optimizer and RNG; returns the step to continue from. Raises
+    ValueError for a corrupt checkpoint or one written by another configuration or model."""
+    from safetensors.torch import load_file
+
+    try:
+        state = json.loads((path / "state.json").read_text())
+        weights = load_file(str(path / "trainable.safetensors"))
+        moments = load_file(str(path / "optimizer.safetensors"))
+        rng = load_file(str(path / "rng.safetensors"))
+    except Exception as error:  # json and safetensors raise their own types for corrupt files
+        raise ValueError(f"{path}: corrupt checkpoint ({type(error).__name__}: {error})") from None
+    if state.get("signature") != signature:
+        raise ValueError(f"{path}: the checkpoint was written for another model, data set or configuration; "
+                         "train into a new output folder or pass resume=False (--no-resume)")
+    trainable = _trainable(model)
+    with torch.no_grad():
+        for name, p in trainable.items():
+            p.copy_(weights[name])
+    _optimizer_from_tensors(optimizer, {k: v.to(next(iter(trainable.values())).device) for k, v in moments.items()},
+                            state["param_groups"])
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return int(state["step"])
+
+
+# ---- logging ----
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise one parseable `[name] step=.. key=value ..` line every N steps."""
+
+    def __init__(self, name: str, total: int, start: int, every: int, enabled: bool):
+        self.name, self.total, self.every, self.enabled = name, total, every, enabled
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc=name, unit="step")
+
+    def update(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}")
+        elif record["step"] % self.every == 0 or record["step"] == self.total:
+            fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                              if k != "step")
+            print(f"[{self.name}] step={record['step']}/{self.total} {fields}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def plot_history(history: Sequence[dict], path: str | os.PathLike, keys: Sequence[str] | None = None) -> None:
+    """A PNG with one panel per logged quantity against the step (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(keys or [k for k in history[0] if k not in ("step", "seconds", "lr", "tokens_per_s")])
+    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    steps = [r["step"] for r in history]
+    for axis, key in zip(axes[0], keys):
+        axis.plot(steps, [r.get(key, float("nan")) for r in history])
+        axis.set_title(key)
+        axis.set_xlabel("step")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _read_log(path: pathlib.Path, upto: int) -> list[dict]:
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r["step"] <= upto]
+
+
+# ---- the loop ----
+
+def train(model: torch.nn.Module, examples: Sequence, loss_fn: LossFn, config: TrainConfig,
+          out: str | os.PathLike, *, name: str = "train", resume: bool = True,
+          stop_after: int | None = None) -> list[dict]:
+    """Trains the parameters of `model` that require grad. loss_fn(list of examples) returns the mean loss
+    over them and a dict of float metrics (a "tokens" entry feeds tokens/s). Writes <out>/checkpoint,
+    <out>/log.jsonl and <out>/loss.png (process 0 only). `stop_after` stops after that many steps, as an
+    interruption would. Returns the log records."""
+    if len(examples) == 0:
+        raise ValueError("examples: the training set is empty")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size: {config.batch_size} is not divisible by the {world} processes")
+    local = config.batch_size // world
+    micro = config.micro_batch_size or local
+    out = pathlib.Path(out)
+    checkpoint = out / "checkpoint"
+    params = list(_trainable(model).values())
+    if not params:
+        raise ValueError("model: no parameter requires grad")
+    device = params[0].device
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    signature = _signature(model, config, len(examples), world)
+    start = 0
+    if resume and (checkpoint / "state.json").exists():
+        start = load_checkpoint(checkpoint, model, optimizer, signature)
+    else:
+        torch.manual_seed(config.seed + rank)  # dropout streams: fixed per run, distinct per process
+    use_bf16 = config.autocast == "bf16" or (config.autocast == "auto" and device.type == "cuda")
+    log_path = out / "log.jsonl"
+    history = _read_log(log_path, start) if rank == 0 else []
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+    progress = _Progress(name, config.steps, start, config.log_every, enabled=rank == 0)
+    model.train()
+    try:
+        for step in range(start, config.steps):
+            if stop_after is not None and step >= start + stop_after:
+                break
+            began = time.time()
+            lr = config.learning_rate(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # Contiguous shares: process r's micro-batches are exactly the ones that one process would
+            # accumulate in its place, so N processes reproduce the single-process update.
+            indices = batch_indices(step, len(examples), config.batch_size, config.seed)[rank * local:(rank + 1) * local]
+            totals: dict[str, float] = {}
+            for first in range(0, local, micro):
+                chunk = [examples[i] for i in indices[first: first + micro]]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                    loss, metrics = loss_fn(chunk)
+                # Weighted so that the all-reduced average over processes is the global batch mean.
+                (loss * len(chunk) / local).backward()
+                for key, value in {"loss": float(loss.detach()), **metrics}.items():
+                    weight = 1.0 if key == "tokens" else len(chunk) / local
+                    totals[key] = totals.get(key, 0.0) + weight * float(value)
+            if world > 1:
+                _all_reduce_mean([p.grad for p in params if p.grad is not None])
+                packed = torch.tensor(list(totals.values()), dtype=torch.float64)
+                dist.all_reduce(packed)
+                totals = {k: v / (1 if k == "tokens" else world) for k, v in zip(totals, packed.tolist())}
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            seconds = time.time() - began
+            record = {"step": step + 1, **{k: v for k, v in totals.items() if k != "tokens"}, "lr": lr,
+                      "grad_norm": float(grad_norm), "seconds": round(seconds, 4)}
+            if "tokens" in totals:
+                record["tokens_per_s"] = totals["tokens"] / max(seconds, 1e-9)
+            progress.update(record)
+            if rank == 0:
+                history.append(record)
+                with log_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+                    save_checkpoint(checkpoint, model, optimizer, step + 1, signature)
+        if rank == 0 and stop_after is not None and history:
+            save_checkpoint(checkpoint, model, optimizer, history[-1]["step"], signature)
+    finally:
+        progress.close()
+    if rank == 0 and history:
+        plot_history(history, out / "loss.png")
+    model.eval()
+    return history
+
+
+def _all_reduce_mean(grads: list[torch.Tensor]) -> None:
+    """One all-reduce over all gradients flattened together (not one call per tensor)."""
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset: offset + g.numel()].view_as(g))
+        offset += g.numel()
