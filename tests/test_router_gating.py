@@ -226,8 +226,9 @@ def test_top_k_features_out_of_range():
 
 
 def test_a_router_built_for_another_k_or_d():
-    with pytest.raises(ValueError, match=r"w1: expected shape \[H, 2\*K\*\(d\+1\)\] = \[H, 48\] for top_k_features "
-                                         r"K = 6 and embedding dim d = 3, got \[8, 40\] \(a router built for another K"):
+    with pytest.raises(ValueError, match=r"w1: expected shape \[H, 2\*K\*\(d\+1\)\] = \[H, 48\] for "
+                                         r"top_k_features K = 6 and embedding dim d = 3, got \[8, 40\] "
+                                         r"\(a router built for another K"):
         call(k=6)
     with pytest.raises(ValueError, match=r"w1: expected shape \[H, 2\*K\*\(d\+1\)\] = \[H, 50\]"):
         call(router=with_param(embedding=torch.randn(30, 4)))

@@ -176,7 +176,8 @@ def token_rewards_from_face_logprobs(logp_pos: torch.Tensor, logp_neg: torch.Ten
 # The feature layout below is the single source of truth shared by the kernels (csrc/kernels/router_gating.h)
 # and the router trainer: for each row, the top-K of the base logits, then the top-K of the reward model's
 # logits, each candidate as [logit ; E[token id]] (d + 1 floats), in descending rank order:
-#   h = [zb_(0), E[ib_(0)], zb_(1), E[ib_(1)], ..., zb_(K-1), E[ib_(K-1)], zr_(0), E[ir_(0)], ..., zr_(K-1), E[ir_(K-1)]]
+#   h = [zb_(0), E[ib_(0)], zb_(1), E[ib_(1)], ..., zb_(K-1), E[ib_(K-1)],
+#        zr_(0), E[ir_(0)], ..., zr_(K-1), E[ir_(K-1)]]
 # h has 2K(d+1) entries. Equal logits rank by the lower token id. E is nn.Embedding(V, d).weight, (w1, b1) is
 # nn.Linear(2K(d+1), H) and (w2, b2) is nn.Linear(H, 1); alpha = sigmoid(w2 . tanh(w1 h + b1) + b2).
 
@@ -267,8 +268,9 @@ def eager_routed_sampling_chain(
     top_k_features: int = 20,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The eager TARo step research code runs (the benchmark baseline): torch.topk per model, embedding
-    lookup, Linear-tanh-Linear-sigmoid, then greedy argmax of the mixed logits or eager_mix_sample_chain with
-    weights (1 - alpha, alpha). Returns (tokens [B], alpha [B])."""
+    lookup, Linear-tanh-Linear-sigmoid, then eager_mix_sample_chain with weights (1 - alpha, alpha), whose
+    greedy form (every temperature 0) is the argmax of its mix of log_softmax per model. Returns (tokens [B],
+    alpha [B])."""
     parts = []
     for logits in (base_logits, rm_logits):
         values, ids = torch.topk(logits.float(), top_k_features, dim=-1)
@@ -277,6 +279,7 @@ def eager_routed_sampling_chain(
     alpha = torch.sigmoid(torch.nn.functional.linear(hidden, w2.reshape(1, -1), b2.reshape(1))).squeeze(1)
     weights = routed_mix_weights(alpha)
     if bool((temperature == 0).all()):
-        mixed = weights[:, :1] * base_logits.float() + weights[:, 1:] * rm_logits.float()
+        models = (base_logits, rm_logits)
+        mixed = sum(weights[:, k : k + 1] * torch.log_softmax(z.float(), dim=-1) for k, z in enumerate(models))
         return mixed.argmax(dim=-1), alpha
     return eager_mix_sample_chain([base_logits, rm_logits], weights, temperature, top_k, top_p), alpha

@@ -1,0 +1,78 @@
+"""Microbenchmark: the fused TARo step (router top-K + MLP + mix + sample in one op) against the eager PyTorch
+chain that research code runs (torch.topk per model, embedding lookup, Linear-tanh-Linear-sigmoid, then the
+eager mix-and-sample chain or a greedy argmax), both measured in the same run on the same inputs.
+Base and reward-model logits ~ N(0, 3^2); router K = 20, d = 32, H = 128 (the 3P defaults, METHODS.md §3.5).
+
+    python bench/bench_router_gating.py [--device cpu|cuda] [--dtype bfloat16] [--quick]
+
+Writes bench/results/router_gating_<hardware>.json and .md and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from fastdoctor import reference
+from common import median_seconds, run_meta, write_results
+
+SAMPLING = {"top-p 0.9": dict(temperature=0.9, top_p=0.9), "greedy": dict(temperature=0.0, top_p=1.0)}
+TOP_K_FEATURES, EMBED_DIM, HIDDEN = 20, 32, 128
+
+
+def make_router(vocab: int, device: str, generator: torch.Generator) -> list[torch.Tensor]:
+    width = 2 * TOP_K_FEATURES * (EMBED_DIM + 1)
+    router = [torch.randn(vocab, EMBED_DIM, generator=generator),
+              torch.randn(HIDDEN, width, generator=generator) / width**0.5, torch.zeros(HIDDEN),
+              torch.randn(HIDDEN, generator=generator) / HIDDEN**0.5, torch.zeros(1)]
+    return [p.to(device) for p in router]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="logit dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--quick", action="store_true", help="B in {1, 8} only")
+    args = parser.parse_args()
+    device = args.device
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+    batches = (1, 8) if args.quick else (1, 8, 32)
+    vocab = 49152
+    meta = run_meta(device)
+
+    rows = []
+    generator = torch.Generator().manual_seed(0)
+    router = make_router(vocab, device, generator)
+    for batch in batches:
+        base, rm = ((torch.randn(batch, vocab, generator=generator) * 3).to(dtype).to(device) for _ in range(2))
+        top_k = torch.zeros(batch, dtype=torch.int64, device=device)
+        seed = torch.arange(batch, device=device)
+        step = torch.zeros(batch, dtype=torch.int64, device=device)
+        for name, sampling in SAMPLING.items():
+            temperature = torch.full((batch,), sampling["temperature"], device=device)
+            top_p = torch.full((batch,), sampling["top_p"], device=device)
+            fused = median_seconds(lambda: torch.ops.fastdoctor.routed_sampling_from_logits(
+                base, rm, *router, temperature, top_k, top_p, seed, step, TOP_K_FEATURES, -1), device)
+            eager = median_seconds(lambda: reference.eager_routed_sampling_chain(
+                base, rm, *router, temperature, top_k, top_p, TOP_K_FEATURES), device, min_reps=3)
+            row = {"batch": batch, "vocab": vocab, "sampling": name, "fused_ms": fused * 1e3,
+                   "eager_ms": eager * 1e3, "speedup": eager / fused}
+            rows.append(row)
+            print(f"B={batch:<4} V={vocab:<7} {name:<10} fused {row['fused_ms']:8.3f} ms   "
+                  f"eager {row['eager_ms']:9.3f} ms   {row['speedup']:6.1f}x", flush=True)
+
+    columns = [("batch", "B"), ("vocab", "V"), ("sampling", "sampling"), ("fused_ms", "fused ms"),
+               ("eager_ms", "eager ms"), ("speedup", "speed-up")]
+    meta.update({"logit_dtype": str(dtype).replace("torch.", ""), "top_k_features": TOP_K_FEATURES,
+                 "embed_dim": EMBED_DIM, "hidden": HIDDEN})
+    json_path, md_path = write_results(
+        "router_gating", device, meta, rows, columns,
+        note=f"Base + reward-model {meta['logit_dtype']} logits; router K = {TOP_K_FEATURES}, d = {EMBED_DIM}, "
+             f"H = {HIDDEN}; top-p rows at temperature 0.9; medians; speed-up = eager chain / fused op in the "
+             "same run. The eager chain: torch.topk per model, embedding, Linear-tanh-Linear-sigmoid, then "
+             "reference.eager_mix_sample_chain (log_softmax per model, mix, filters, multinomial; greedy: argmax).")
+    print(f"\nwrote {json_path} and {md_path}")
+
+
+if __name__ == "__main__":
+    main()
