@@ -5,7 +5,7 @@
 //   - per block of 32 logits, the maximum (as order-preserving int32 keys) and a NaN/+inf flag: one
 //     vectorised read of the row in its own dtype (block layout below);
 //   - the K-th largest block maximum bounds the K-th largest logit from below, so only the ~K blocks at or
-//     above it can hold a top-K element; a size-K heap scans just those, in vocabulary order;
+//     above it can hold a top-K element; a size-K heap ranked by (logit, id) scans just those;
 //   then the features h (2K(d+1) floats, layout in router_gating.h).
 // Pass 2, parallel over tiles of hidden units: tanh(W1 h + b1) for the whole batch (each thread reads its
 //   share of W1 once), dot products in fixed 16-lane float sums (the same bits in every clone and batch);
