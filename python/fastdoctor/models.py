@@ -111,9 +111,11 @@ def check_same_tokenizer(patient_tokenizer, doctor_tokenizer, name: str = "docto
 _LAYER_KEY = re.compile(r"\.(layers|h|blocks)\.(\d+)\.")
 
 
-def make_doctor(patient, num_layers: int):
-    """A smaller doctor of the patient's family: the patient's embeddings, its first `num_layers` decoder
-    layers, its final norm and LM head, as an ordinary HF causal LM (save_pretrained / from_pretrained).
+def make_doctor(patient, num_layers: int, *, keep_last: int = 0):
+    """A smaller doctor of the patient's family: the patient's embeddings, `num_layers` of its decoder layers
+    (the first num_layers - keep_last, then the last keep_last), its final norm and LM head, as an ordinary
+    HF causal LM (save_pretrained / from_pretrained). Keeping the last layers, which map onto the
+    vocabulary, gives distillation a better start than a plain truncation.
 
     The weights are copies. An untrained truncation is not a fluent doctor (METHODS.md decision 8): train or
     distil it before steering with it."""
@@ -124,15 +126,21 @@ def make_doctor(patient, num_layers: int):
     total = getattr(config, layers_attr)
     if not isinstance(num_layers, int) or not 1 <= num_layers <= total:
         raise ValueError(f"num_layers: expected an int in [1, {total}], got {num_layers!r}")
+    if not isinstance(keep_last, int) or not 0 <= keep_last <= num_layers:
+        raise ValueError(f"keep_last: expected an int in [0, {num_layers}], got {keep_last!r}")
+    kept = list(range(num_layers - keep_last)) + list(range(total - keep_last, total))
     setattr(config, layers_attr, num_layers)
     if getattr(config, "layer_types", None) is not None:
-        config.layer_types = list(config.layer_types)[:num_layers]
+        config.layer_types = [list(config.layer_types)[i] for i in kept]
     doctor = type(patient)(config).to(dtype=next(patient.parameters()).dtype)
     state = {}
     for key, value in patient.state_dict().items():
         match = _LAYER_KEY.search(key)
-        if match is None or int(match.group(2)) < num_layers:
+        if match is None:
             state[key] = value.clone()
+        elif int(match.group(2)) in kept:
+            new_index = kept.index(int(match.group(2)))
+            state[key[: match.start()] + f".{match.group(1)}.{new_index}." + key[match.end():]] = value.clone()
     doctor.load_state_dict(state, strict=True)
     if getattr(patient.config, "tie_word_embeddings", False):
         doctor.tie_weights()

@@ -23,6 +23,7 @@ import torch
 
 from . import ops
 from .data import PreferencePair
+from .doctor import vocab_fingerprint
 from .models import logits_width
 
 FORMAT = "fastdoctor.rewards/1"
@@ -303,7 +304,7 @@ def acquire_rewards(model, tokenizer, pairs: Sequence[PreferencePair], out: str 
     summary = {"pairs": len(scored), "response_tokens": int(valid.sum()),
                "nonzero_fraction": float((values != 0).float().mean()), "seconds": round(time.time() - started, 2)}
     metadata = {"format": FORMAT, "settings": json.dumps(settings.to_json()), "patient": patient_name,
-                "fingerprint": fingerprint, "summary": json.dumps(summary)}
+                "fingerprint": fingerprint, "summary": json.dumps(summary), "vocab": vocab_fingerprint(tokenizer)}
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save(tensors, out, metadata)
     partial.unlink(missing_ok=True)

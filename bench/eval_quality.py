@@ -1,0 +1,133 @@
+"""Alignment quality on the bundled positivity task (held-out prompts), every method with the same samples
+per prompt and the same seeds:
+
+  1. the patient alone, greedy and top-p;
+  2. best-of-N by VADER over the patient's own N top-p samples;
+  3. GenARM: the same doctor architecture trained with GenARM's Bradley-Terry ARM loss, decoding
+     p_patient * p_arm^alpha;
+  4. LLMdoctor: the TFPO doctor, with a beta sweep (the quickstart's doctor; trained here if not cached).
+
+Reports mean VADER reward +- standard error, win rate against the patient's paired samples, distinct-2/3,
+the patient's perplexity of the outputs and tokens/s. Writes bench/results/quality_cpu.{json,md} and a
+reward-against-diversity PNG.
+
+  python bench/eval_quality.py [--samples 4] [--betas 0.5 1 2] [--arm-alphas 1] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import pathlib
+import sys
+
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from common import RESULTS, run_meta, write_results  # noqa: E402
+
+
+def _doctor(kind: str, patient, tokenizer, examples, root: pathlib.Path, steps: int, lr: float):
+    from fastdoctor import pipeline
+    from fastdoctor.doctor import load_doctor
+    from fastdoctor.train import TrainConfig
+
+    saved = root / "doctor"
+    if not (saved / "doctor.json").exists():
+        config = TrainConfig(steps=steps, batch_size=8, lr=lr, warmup_steps=max(steps // 10, 1), log_every=4,
+                             checkpoint_every=8)
+        lm = pipeline.build_lm(patient, pipeline.DoctorInit(kind="full"))
+        if kind == "genarm":
+            pipeline.train_genarm(lm, tokenizer, examples, root, config)
+        else:
+            pipeline.train_tfpo(lm, tokenizer, examples, root, config)
+    return load_doctor(saved, tokenizer=tokenizer)
+
+
+def plot(rows: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        axis.errorbar(row["distinct_2"], row["reward"], yerr=row["reward_se"], fmt="o", capsize=3)
+        axis.annotate(row["method"], (row["distinct_2"], row["reward"]), fontsize=7, xytext=(4, 4),
+                      textcoords="offset points")
+    axis.set_xlabel("distinct-2 (diversity)")
+    axis.set_ylabel("VADER reward (mean ± SE)")
+    axis.set_title("positivity: reward against diversity (held-out prompts)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    parser.add_argument("--arm-alphas", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--steps", type=int, default=48, help="training steps of each doctor (if not cached)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import transformers
+
+    from fastdoctor import evaluate, quickstart
+    from fastdoctor.data import bundled_preferences
+    from fastdoctor.models import cache_dir, load_model
+    from fastdoctor.pipeline import scored_examples
+    from fastdoctor.rewards import FACES, RewardSettings, acquire_rewards
+
+    transformers.logging.disable_progress_bar()
+    settings = quickstart.QuickstartSettings(steps=args.steps)
+    root = cache_dir() / "quickstart" / settings.digest()  # shares the quickstart's rewards and TFPO doctor
+    patient, tokenizer = load_model("default")
+    rewards_path = root / "rewards.safetensors"
+    if not rewards_path.exists():
+        acquire_rewards(patient, tokenizer, bundled_preferences("train"), rewards_path,
+                        RewardSettings(faces=FACES[settings.faces]), patient_name="default")
+    examples = scored_examples(rewards_path, tokenizer, patient)
+    tfpo_doctor = _doctor("tfpo", patient, tokenizer, examples, root / "tfpo", args.steps, settings.lr)
+    arm = _doctor("genarm", patient, tokenizer, examples, root / "genarm", args.steps, settings.lr)
+    prompts = [p.prompt for p in bundled_preferences("test")]
+    sampling = dict(samples=args.samples, seed=0, max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.9)
+    print(f"[quality] {len(prompts)} prompts x {args.samples} samples", file=sys.stderr, flush=True)
+    base = evaluate.sample_completions(patient, tokenizer, prompts, **sampling)
+    base_row = evaluate.summarise("patient, top-p 0.9", base, patient)
+    rows = [base_row]
+    greedy = evaluate.sample_completions(patient, tokenizer, prompts, **{**sampling, "samples": 1, "temperature": 0.0})
+    rows.append(evaluate.summarise("patient, greedy (1 sample)", greedy, patient, baseline_scores=base_row["scores"]))
+    best, best_scores = evaluate.best_of(base, base_row["scores"])
+    rows.append(evaluate.summarise(f"best-of-{args.samples} (VADER)", best, patient, scores=best_scores,
+                                   baseline_scores=base_row["scores"]))
+    for alpha in args.arm_alphas:
+        print(f"[quality] GenARM alpha {alpha}", file=sys.stderr, flush=True)
+        done = evaluate.sample_completions(patient, tokenizer, prompts, doctors=[arm.lm], betas=[alpha], **sampling)
+        rows.append(evaluate.summarise(f"GenARM (alpha {alpha})", done, patient, baseline_scores=base_row["scores"]))
+    for beta in args.betas:
+        print(f"[quality] TFPO doctor beta {beta}", file=sys.stderr, flush=True)
+        done = evaluate.sample_completions(patient, tokenizer, prompts, doctors=[tfpo_doctor.lm], betas=[beta],
+                                           **sampling)
+        rows.append(evaluate.summarise(f"LLMdoctor TFPO (beta {beta})", done, patient,
+                                       baseline_scores=base_row["scores"]))
+    for row in rows:
+        row.setdefault("win_rate", float("nan"))
+        row["reward_text"] = f"{row['reward']:.3f} ± {row['reward_se']:.3f}"
+    meta = {**run_meta("cpu"), "prompts": len(prompts), "samples_per_prompt": args.samples,
+            "max_new_tokens": args.max_new_tokens, "doctor_training_steps": args.steps,
+            "quickstart_settings": dataclasses.asdict(settings)}
+    columns = [("method", "method"), ("reward_text", "VADER reward (mean ± SE)"), ("win_rate", "win rate vs top-p"),
+               ("distinct_2", "distinct-2"), ("distinct_3", "distinct-3"), ("perplexity", "patient perplexity"),
+               ("tokens_per_s", "tokens/s"), ("samples", "samples")]
+    write_results("quality", "cpu", meta, [{k: v for k, v in r.items() if k != "scores"} for r in rows], columns,
+                  note=f"Bundled positivity task, {len(prompts)} held-out prompts, top-p 0.9, temperature 1, "
+                       f"{args.max_new_tokens} new tokens; doctors are LoRA copies of the patient.")
+    plot(rows, RESULTS / "quality_cpu.png")
+    print((RESULTS / "quality_cpu.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
