@@ -78,11 +78,11 @@ def test_resume_equals_an_uninterrupted_run(patient, tmp_path):
     model, tokenizer = patient
     settings = rewards.RewardSettings(theta=0.3)
     rewards.acquire_rewards(model, tokenizer, PAIRS, tmp_path / "full.safetensors", settings)
-    out = tmp_path / "resumed.safetensors"
+    out = tmp_path / "not-yet-made" / "resumed.safetensors"  # the folder is created before the partial file
     assert rewards.acquire_rewards(model, tokenizer, PAIRS, out, settings, stop_after=2) == {"stopped_at": 2}
-    assert not out.exists() and (tmp_path / "resumed.safetensors.partial").exists()
+    assert not out.exists() and out.with_name("resumed.safetensors.partial").exists()
     rewards.acquire_rewards(model, tokenizer, PAIRS, out, settings)
-    assert not (tmp_path / "resumed.safetensors.partial").exists()
+    assert not out.with_name("resumed.safetensors.partial").exists()
     full, _ = rewards.load_rewards(tmp_path / "full.safetensors")
     resumed, _ = rewards.load_rewards(out)
     assert full.keys() == resumed.keys()

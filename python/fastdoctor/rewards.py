@@ -275,6 +275,7 @@ def acquire_rewards(model, tokenizer, pairs: Sequence[PreferencePair], out: str 
     if not pairs:
         raise ValueError("pairs: the preference data set is empty")
     out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # before the first checkpoint of the partial file
     partial = out.with_name(out.name + ".partial")
     digest = hashlib.sha256(json.dumps([[p.prompt, p.chosen, p.rejected] for p in pairs]).encode()).hexdigest()
     fingerprint = _fingerprint(settings, tokenizer, digest, patient_name)
