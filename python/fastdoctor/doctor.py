@@ -220,4 +220,4 @@ def load_doctor(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, 
         doctor.value_head.load_state_dict(head)
     except RuntimeError as error:
         raise ValueError(f"{path}/value_head.safetensors: does not match doctor.json ({error})") from None
-    return doctor.to(device)
+    return doctor.to(device).eval()
