@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <vector>
 
 #include "../common/router_gating_args.h"
@@ -162,10 +163,13 @@ void top_k_of_row(const MixInput& in, const void* row, int64_t n, int k, const i
   const int64_t num_blocks = num_skip_blocks(n);
   const int64_t tiled_blocks = (n / kTileWidth) * kBlockLanes;
   const int32_t bound = kth_largest_block_max(maxima, num_blocks, k, work);
+  // Elements below the bound's value cannot enter: one compare instead of a heap test for most of the
+  // scanned elements (about k + a few of the ~32k scanned pass it on typical rows).
+  const float bound_value = bound == INT32_MIN ? -std::numeric_limits<float>::infinity() : from_ordered_int(bound);
   int count = 0;
   const auto offer = [&](int64_t i) {
     const RouterCandidate c{load_logit(in, row, i), static_cast<int32_t>(i)};
-    if (c.value != c.value) return;
+    if (!(c.value >= bound_value)) return;  // also drops NaN
     if (count < k) {
       out[count++] = c;
       std::push_heap(out, out + count, worse_last);
