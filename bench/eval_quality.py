@@ -113,12 +113,19 @@ def main() -> None:
                                            **sampling)
         rows.append(evaluate.summarise(f"LLMdoctor TFPO (beta {beta})", done, patient,
                                        baseline_scores=base_row["scores"]))
+    # Fluency of the trained doctors themselves (decision 8), teacher-forced on held-out patient text.
+    from fastdoctor import distill
+
+    held_out = distill.chat_sequences(tokenizer, bundled_preferences("test"), responses="chosen")
+    agreement = {name: distill.agreement(patient, lm, held_out)
+                 for name, lm in (("TFPO doctor", tfpo_doctor.lm), ("GenARM ARM", arm.lm))}
+    print(f"[quality] doctor agreement with the patient: {agreement}", file=sys.stderr, flush=True)
     for row in rows:
         row.setdefault("win_rate", float("nan"))
         row["reward_text"] = f"{row['reward']:.3f} ± {row['reward_se']:.3f}"
     meta = {**run_meta("cpu"), "prompts": len(prompts), "samples_per_prompt": args.samples,
             "max_new_tokens": args.max_new_tokens, "doctor_training_steps": args.steps,
-            "quickstart_settings": dataclasses.asdict(settings)}
+            "quickstart_settings": dataclasses.asdict(settings), "doctor_agreement": agreement}
     columns = [("method", "method"), ("reward_text", "VADER reward (mean ± SE)"), ("win_rate", "win rate vs top-p"),
                ("distinct_2", "distinct-2"), ("distinct_3", "distinct-3"), ("perplexity", "patient perplexity"),
                ("tokens_per_s", "tokens/s"), ("samples", "samples")]
