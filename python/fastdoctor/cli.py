@@ -3,6 +3,9 @@
   fastdoctor env                         versions, and which compiled kernels loaded
   fastdoctor generate --prompt TEXT      stream a steered completion from the patient (+ --doctor PATH ...)
   fastdoctor rewards --data F --out R    token-level rewards from the patient's two faces (LLMdoctor stage 1)
+  fastdoctor train --rewards R --out D    train a doctor with TFPO (or --method genarm) on a rewards file
+  fastdoctor quickstart                  LLMdoctor end to end on the default patient (offline, cached)
+  fastdoctor taro train-rm|train-router|eval   TARo reward model, router, reasoning evaluation
 """
 from __future__ import annotations
 
@@ -113,6 +116,12 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_taro_commands(sub) -> None:
+    from fastdoctor.taro_eval import add_cli_commands
+
+    add_cli_commands(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastdoctor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     rw.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     rw.add_argument("--device", default=None)
     rw.set_defaults(func=_cmd_rewards)
+    _add_taro_commands(sub)
+    from fastdoctor.cli_training import add_training_commands
+
+    add_training_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 
