@@ -115,8 +115,11 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
-def _signature(model: torch.nn.Module, config: TrainConfig, count: int, world: int) -> dict:
-    return {"config": dataclasses.asdict(config), "examples": count, "world": world,
+def _signature(model: torch.nn.Module, config: TrainConfig, count: int) -> dict:
+    """What a checkpoint must match to be resumed: everything that shapes the updates (not the logging
+    cadence, and not the process count, since N processes make the single-process update)."""
+    shaping = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("log_every", "checkpoint_every")}
+    return {"config": shaping, "examples": count,
             "params": {name: list(p.shape) for name, p in _trainable(model).items()}}
 
 
@@ -254,7 +257,7 @@ def train(model: torch.nn.Module, examples: Sequence, loss_fn: LossFn, config: T
         raise ValueError("model: no parameter requires grad")
     device = params[0].device
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    signature = _signature(model, config, len(examples), world)
+    signature = _signature(model, config, len(examples))
     start = 0
     if resume and (checkpoint / "state.json").exists():
         start = load_checkpoint(checkpoint, model, optimizer, signature)
