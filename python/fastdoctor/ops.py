@@ -291,7 +291,8 @@ def routed_sampling_from_logits(
 
     Returns:
       tokens int64 [B], logprobs float32 [B] (under the routed, filtered, renormalised distribution), alpha
-      float32 [B] in (0, 1). With validate=False, a row with NaN or +inf logits gives token -1, NaN, NaN.
+      float32 [B] (a sigmoid: in (0, 1), saturating to exactly 0 or 1 in float32 only for extreme router
+      outputs). With validate=False, a row with NaN or +inf logits gives token -1, NaN, NaN.
     """
     for name, tensor in (("base_logits", base_logits), ("rm_logits", rm_logits), ("embedding", embedding),
                          ("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
