@@ -1,17 +1,20 @@
-"""Alignment quality on the bundled positivity task (held-out prompts), every method with the same samples
-per prompt and the same seeds:
+"""Alignment quality on the bundled positivity task (held-out prompts). Sample j of every prompt uses seed j
+in every method, so a steered sample is paired with the patient's sample of the same seed (win rate):
 
-  1. the patient alone, greedy and top-p;
+  1. the patient alone, greedy and top-p (N samples per prompt);
   2. best-of-N by VADER over the patient's own N top-p samples;
-  3. GenARM: the same doctor architecture trained with GenARM's Bradley-Terry ARM loss, decoding
+  3. a control: the untrained copy as the doctor (alpha = beta = 1 is then p_patient^2, i.e. temperature
+     1/2), which separates what training learned from what the product's sharpening does;
+  4. GenARM: the same doctor architecture trained with GenARM's Bradley-Terry ARM loss, decoding
      p_patient * p_arm^alpha;
-  4. LLMdoctor: the TFPO doctor, with a beta sweep (the quickstart's doctor; trained here if not cached).
+  5. LLMdoctor: the TFPO doctor, with a beta sweep and alpha = beta = 0.5 (the quickstart's doctor; trained
+     here if not cached).
 
 Reports mean VADER reward +- standard error, win rate against the patient's paired samples, distinct-2/3,
 the patient's perplexity of the outputs and tokens/s. Writes bench/results/quality_cpu.{json,md} and a
 reward-against-diversity PNG.
 
-  python bench/eval_quality.py [--samples 4] [--betas 0.5 1 2] [--arm-alphas 1] [--threads 2]
+  python bench/eval_quality.py [--base-samples 4] [--samples 2] [--betas 0.5 1 2] [--arm-alphas 1]
 """
 from __future__ import annotations
 
@@ -64,7 +67,8 @@ def plot(rows: list[dict], path: pathlib.Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=2, help="samples per prompt for the steered methods")
+    parser.add_argument("--base-samples", type=int, default=4, help="the patient's samples per prompt (best-of-N)")
     parser.add_argument("--betas", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     parser.add_argument("--arm-alphas", type=float, nargs="+", default=[1.0])
     parser.add_argument("--steps", type=int, default=48, help="training steps of each doctor (if not cached)")
@@ -93,26 +97,29 @@ def main() -> None:
     tfpo_doctor = _doctor("tfpo", patient, tokenizer, examples, root / "tfpo", args.steps, settings.lr)
     arm = _doctor("genarm", patient, tokenizer, examples, root / "genarm", args.steps, settings.lr)
     prompts = [p.prompt for p in bundled_preferences("test")]
-    sampling = dict(samples=args.samples, seed=0, max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.9)
-    print(f"[quality] {len(prompts)} prompts x {args.samples} samples", file=sys.stderr, flush=True)
-    base = evaluate.sample_completions(patient, tokenizer, prompts, **sampling)
-    base_row = evaluate.summarise("patient, top-p 0.9", base, patient)
+    sampling = dict(seed=0, max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.9)
+    print(f"[quality] {len(prompts)} prompts: patient x {args.base_samples}, steered x {args.samples}",
+          file=sys.stderr, flush=True)
+    base = evaluate.sample_completions(patient, tokenizer, prompts, samples=args.base_samples, **sampling)
+    base_row = evaluate.summarise(f"patient, top-p 0.9 ({args.base_samples} samples)", base, patient)
+    # Steered methods draw samples 0..S-1 with the same seeds as the patient's first S samples: paired.
+    paired = [base_row["scores"][i * args.base_samples + j] for i in range(len(prompts)) for j in range(args.samples)]
     rows = [base_row]
-    greedy = evaluate.sample_completions(patient, tokenizer, prompts, **{**sampling, "samples": 1, "temperature": 0.0})
-    rows.append(evaluate.summarise("patient, greedy (1 sample)", greedy, patient, baseline_scores=base_row["scores"]))
+    greedy = evaluate.sample_completions(patient, tokenizer, prompts, samples=1, **{**sampling, "temperature": 0.0})
+    rows.append(evaluate.summarise("patient, greedy", greedy, patient,
+                                   baseline_scores=[base_row["scores"][i * args.base_samples] for i in range(len(prompts))]))
     best, best_scores = evaluate.best_of(base, base_row["scores"])
-    rows.append(evaluate.summarise(f"best-of-{args.samples} (VADER)", best, patient, scores=best_scores,
+    rows.append(evaluate.summarise(f"best-of-{args.base_samples} (VADER)", best, patient, scores=best_scores,
                                    baseline_scores=base_row["scores"]))
-    for alpha in args.arm_alphas:
-        print(f"[quality] GenARM alpha {alpha}", file=sys.stderr, flush=True)
-        done = evaluate.sample_completions(patient, tokenizer, prompts, doctors=[arm.lm], betas=[alpha], **sampling)
-        rows.append(evaluate.summarise(f"GenARM (alpha {alpha})", done, patient, baseline_scores=base_row["scores"]))
-    for beta in args.betas:
-        print(f"[quality] TFPO doctor beta {beta}", file=sys.stderr, flush=True)
-        done = evaluate.sample_completions(patient, tokenizer, prompts, doctors=[tfpo_doctor.lm], betas=[beta],
-                                           **sampling)
-        rows.append(evaluate.summarise(f"LLMdoctor TFPO (beta {beta})", done, patient,
-                                       baseline_scores=base_row["scores"]))
+    steered = [("control: untrained copy (beta 1)", patient, 1.0, 1.0)]
+    steered += [(f"GenARM (alpha {a})", arm.lm, 1.0, a) for a in args.arm_alphas]
+    steered += [(f"LLMdoctor TFPO (beta {b})", tfpo_doctor.lm, 1.0, b) for b in args.betas]
+    steered += [("LLMdoctor TFPO (alpha 0.5, beta 0.5)", tfpo_doctor.lm, 0.5, 0.5)]
+    for name, doctor_lm, alpha, beta in steered:
+        print(f"[quality] {name}", file=sys.stderr, flush=True)
+        done = evaluate.sample_completions(patient, tokenizer, prompts, doctors=[doctor_lm], alpha=alpha, betas=[beta],
+                                           samples=args.samples, **sampling)
+        rows.append(evaluate.summarise(name, done, patient, baseline_scores=paired))
     # Fluency of the trained doctors themselves (decision 8), teacher-forced on held-out patient text.
     from fastdoctor import distill
 
@@ -124,9 +131,10 @@ def main() -> None:
         row.setdefault("win_rate", float("nan"))
         row["reward_text"] = f"{row['reward']:.3f} ± {row['reward_se']:.3f}"
     meta = {**run_meta("cpu"), "prompts": len(prompts), "samples_per_prompt": args.samples,
+            "patient_samples_per_prompt": args.base_samples,
             "max_new_tokens": args.max_new_tokens, "doctor_training_steps": args.steps,
             "quickstart_settings": dataclasses.asdict(settings), "doctor_agreement": agreement}
-    columns = [("method", "method"), ("reward_text", "VADER reward (mean ± SE)"), ("win_rate", "win rate vs top-p"),
+    columns = [("method", "method"), ("reward_text", "VADER reward (mean ± SE)"), ("win_rate", "win rate vs patient (paired seeds)"),
                ("distinct_2", "distinct-2"), ("distinct_3", "distinct-3"), ("perplexity", "patient perplexity"),
                ("tokens_per_s", "tokens/s"), ("samples", "samples")]
     write_results("quality", "cpu", meta, [{k: v for k, v in r.items() if k != "scores"} for r in rows], columns,
