@@ -14,6 +14,7 @@ for reuse (bench/eval_quality.py --small-doctor).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
@@ -29,6 +30,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--held-out", type=int, default=45, help="held-out responses to measure on")
+    parser.add_argument("--continue-from", default=None,
+                        help="a distilled model folder (an earlier run's 'saved') to continue distilling")
+    parser.add_argument("--previous-steps", type=int, default=0, help="steps that folder already had (for the label)")
     args = parser.parse_args()
     import transformers
 
@@ -46,25 +50,38 @@ def main() -> None:
         rows.append({"doctor": name, **distill.agreement(patient, lm, held_out), "train_s": seconds})
         print(rows[-1], flush=True)
 
-    for layers in (6, args.layers):
-        measure(f"first {layers} layers, untrained", make_doctor(patient, layers))
-    init = pipeline.DoctorInit(kind="small", num_layers=args.layers, keep_last=args.keep_last)
-    measure(f"{args.layers} layers (first {args.layers - args.keep_last} + last {args.keep_last}), untrained",
-            make_doctor(patient, args.layers, keep_last=args.keep_last))
+    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         warmup_steps=max(args.steps // 20, 1), log_every=10, checkpoint_every=20,
+                         seed=args.previous_steps)  # a continuation sees a fresh order of examples
     sequences = distill.chat_sequences(tokenizer, bundled_preferences("train"))
-    out = cache_dir() / "distilled" / f"L{args.layers}-k{args.keep_last}-s{args.steps}-lr{args.lr}"
+    tag = f"L{args.layers}-k{args.keep_last}-s{args.previous_steps + args.steps}-lr{args.lr}"
+    out = cache_dir() / "distilled" / tag
     began = time.time()
-    lm = pipeline.distill_small(patient, tokenizer, sequences, out, init,
-                                TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                            warmup_steps=max(args.steps // 20, 1), log_every=10, checkpoint_every=20))
+    if args.continue_from:
+        from fastdoctor.train import train
+        from transformers import AutoModelForCausalLM
+
+        lm = AutoModelForCausalLM.from_pretrained(args.continue_from)
+        measure(f"{args.layers} layers, distilled {args.previous_steps} steps", lm)
+        for p in patient.parameters():
+            p.requires_grad_(False)
+        loss = functools.partial(distill.distill_batch_loss, lm, patient, pad_id=tokenizer.pad_token_id or 0)
+        train(lm, sequences, loss, config, out, name="distill")
+    else:
+        for layers in (6, args.layers):
+            measure(f"first {layers} layers, untrained", make_doctor(patient, layers))
+        init = pipeline.DoctorInit(kind="small", num_layers=args.layers, keep_last=args.keep_last)
+        measure(f"{args.layers} layers (first {args.layers - args.keep_last} + last {args.keep_last}), untrained",
+                make_doctor(patient, args.layers, keep_last=args.keep_last))
+        lm = pipeline.distill_small(patient, tokenizer, sequences, out, init, config)
     seconds = time.time() - began
     lm.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    measure(f"{args.layers} layers, distilled {args.steps} steps", lm, seconds)
+    measure(f"{args.layers} layers, distilled {args.previous_steps + args.steps} steps", lm, seconds)
     measure("full-size copy (30 layers)", patient)
     columns = [("doctor", "doctor"), ("greedy_agreement", "greedy agreement"), ("mixed_agreement", "mixed agreement"),
                ("perplexity", "perplexity of patient text"), ("train_s", "distillation s")]
-    json_path, md_path = write_results("distill", "cpu", {**run_meta("cpu"), **vars(args), "saved": str(out / "model")},
+    json_path, md_path = write_results("distill" if not args.continue_from else "distill_continued", "cpu", {**run_meta("cpu"), **vars(args), "saved": str(out / "model")},
                                        rows, columns, note=f"Default patient, {len(held_out)} held-out responses "
                                        f"({rows[0]['tokens']} tokens), teacher-forced; batch {args.batch_size}, "
                                        f"lr {args.lr}.")
