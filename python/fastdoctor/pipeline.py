@@ -88,9 +88,10 @@ def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
     loss = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=settings, pad_id=tokenizer.pad_token_id or 0,
                              device=next(lm.parameters()).device)
     history = train(doctor, examples, loss, config, out, name="tfpo", resume=resume)
-    save_doctor(doctor, out / "doctor", tokenizer, info={"method": "tfpo", "settings": dataclasses.asdict(settings),
-                                                          "config": dataclasses.asdict(config), **(info or {}),
-                                                          "final": history[-1] if history else None})
+    if _is_main_process():
+        save_doctor(doctor, out / "doctor", tokenizer,
+                    info={"method": "tfpo", "settings": dataclasses.asdict(settings),
+                          "config": dataclasses.asdict(config), **(info or {}), "final": history[-1] if history else None})
     return doctor
 
 
@@ -104,10 +105,16 @@ def train_genarm(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig
     loss = functools.partial(genarm.arm_batch_loss, lm, beta_r=beta_r, pad_id=tokenizer.pad_token_id or 0,
                              device=next(lm.parameters()).device)
     history = train(doctor, examples, loss, config, out, name="genarm", resume=resume)
-    save_doctor(doctor, out / "doctor", tokenizer, info={"method": "genarm", "beta_r": beta_r,
-                                                          "config": dataclasses.asdict(config), **(info or {}),
-                                                          "final": history[-1] if history else None})
+    if _is_main_process():
+        save_doctor(doctor, out / "doctor", tokenizer,
+                    info={"method": "genarm", "beta_r": beta_r, "config": dataclasses.asdict(config), **(info or {}),
+                          "final": history[-1] if history else None})
     return doctor
+
+
+def _is_main_process() -> bool:
+    """Under torchrun only process 0 writes the trained doctor."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
 
 
 def write_json(path: pathlib.Path, payload) -> None:
