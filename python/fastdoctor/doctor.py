@@ -16,10 +16,11 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 
 import torch
 from torch import nn
+
+from .files import atomic_directory
 
 FORMAT = "fastdoctor.doctor/1"
 
@@ -143,30 +144,13 @@ def attach_lora(lm: nn.Module, *, rank: int = 8, alpha: int = 16, dropout: float
     return get_peft_model(lm, config)
 
 
-def _atomic_directory(path: pathlib.Path):
-    """A temporary sibling folder; commit() swaps it in with renames, so a reader never sees a half-written
-    doctor and a crash leaves the previous one intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-
-    def commit() -> None:
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(staging, path)
-        shutil.rmtree(old, ignore_errors=True)
-
-    return staging, commit
-
-
 def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info: dict | None = None) -> pathlib.Path:
     """Writes the doctor atomically: the HF folder of its (merged) LM, the tokenizer, the value head and
     doctor.json (format, value-head shape, vocabulary fingerprint, `info`)."""
     from safetensors.torch import save_file
 
     path = pathlib.Path(path)
-    staging, commit = _atomic_directory(path)
+    staging, commit = atomic_directory(path)
     try:
         doctor.plain_lm().save_pretrained(staging)
         if tokenizer is not None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 
 import torch
 
 from . import distill, genarm, tfpo
+from .files import write_json  # noqa: F401  (re-exported for the quickstart)
 from .doctor import Doctor, attach_lora, save_doctor, vocab_fingerprint
 from .models import logits_width, make_doctor
 from .rewards import load_rewards
@@ -115,11 +115,3 @@ def train_genarm(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig
 def _is_main_process() -> bool:
     """Under torchrun only process 0 writes the trained doctor."""
     return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
-
-
-def write_json(path: pathlib.Path, payload) -> None:
-    """Atomic JSON write (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=1))
-    os.replace(temporary, path)

@@ -20,12 +20,13 @@ import os
 import pathlib
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
+
+from .files import atomic_directory
 
 LossFn = Callable[[list], tuple[torch.Tensor, dict]]
 
@@ -128,8 +129,7 @@ def save_checkpoint(path: pathlib.Path, model, optimizer, step: int, signature: 
     it into place, so a crash never leaves a half-written checkpoint."""
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging, commit = atomic_directory(path)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(model).items()},
                   str(staging / "trainable.safetensors"))
@@ -141,12 +141,7 @@ def save_checkpoint(path: pathlib.Path, model, optimizer, step: int, signature: 
         save_file(rng, str(staging / "rng.safetensors"))
         (staging / "state.json").write_text(json.dumps({"step": step, "param_groups": groups,
                                                         "signature": signature}, indent=1))
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(staging, path)
-        shutil.rmtree(old, ignore_errors=True)
+        commit()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

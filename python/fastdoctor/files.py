@@ -1,0 +1,35 @@
+"""Atomic writes: a reader never sees a half-written doctor, checkpoint or JSON file, and a crash leaves the
+previous version intact."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Callable
+
+
+def atomic_directory(path: pathlib.Path) -> tuple[pathlib.Path, Callable[[], None]]:
+    """(a temporary sibling folder to fill, commit). commit() swaps the folder in with renames; on failure
+    the caller removes the staging folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+
+    def commit() -> None:
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(staging, path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    return staging, commit
+
+
+def write_json(path: pathlib.Path, payload) -> None:
+    """Atomic JSON write (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=1))
+    os.replace(temporary, path)
