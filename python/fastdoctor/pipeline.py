@@ -13,7 +13,6 @@ import pathlib
 import torch
 
 from . import distill, genarm, tfpo
-from .files import write_json  # noqa: F401  (re-exported for the quickstart)
 from .doctor import Doctor, attach_lora, save_doctor, vocab_fingerprint
 from .models import logits_width, make_doctor
 from .rewards import load_rewards

@@ -83,7 +83,8 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
     from . import evaluate
     from .data import bundled_preferences
     from .models import load_model
-    from .pipeline import scored_examples, write_json
+    from .files import write_json
+    from .pipeline import scored_examples
     from .rewards import FACES, RewardSettings, acquire_rewards
 
     started = time.time()
