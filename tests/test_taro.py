@@ -266,6 +266,17 @@ def test_fixed_alpha_genarm_equals_the_convex_mix_at_matched_temperature():
     assert torch.equal(genarm, convex) and len(trace) == 10 and trace[0].shape == (3, 2)
 
 
+def test_next_step_criterion():
+    from fastdoctor.taro_eval import next_step_correct
+
+    chosen = "Adding the 8 apples gives 4 + 8 = 12 apples."
+    assert next_step_correct("Adding 8 apples: 4 + 8 = 12.\nThe answer is 12.", chosen)
+    assert next_step_correct("To solve it, we add. So 8 + 4 = 12 apples.", chosen)
+    assert not next_step_correct("4 + 8 = 13 apples, so 13 - 1 = 12.", chosen)  # the first equation is wrong
+    assert not next_step_correct("4 * 3 = 12 apples.", "He has 12 - 2 = 10 apples.")  # exact, wrong result
+    assert not next_step_correct("He has twelve apples.", chosen)
+
+
 # ---------------------------------------------------------------------------------------------- reward model
 
 
@@ -380,7 +391,8 @@ def cli_runs(tmp_path_factory, tokenizer):
                                    "--batch-size", "2", "--limit", "3", "--eval-per-level", "1", "--k", "4",
                                    "--embed-dim", "4", "--hidden", "8", "--warmup-steps", "1")
     runs["eval"] = run_cli("eval", *models, "--router", str(root / "router"), "--per-level", "1", "--max-new-tokens",
-                           "3", "--genarm-alpha", "1", "--out", str(root / "eval.json"), "--plot", str(root / "a.png"))
+                           "3", "--genarm-alpha", "1", "--out", str(root / "eval.json"), "--plot", str(root / "a.png"),
+                           "--next-step", "--next-step-tokens", "2")
     runs["eval-no-rm"] = run_cli("eval", "--patient", str(root / "patient"), "--router", str(root / "router"))
     return root, runs
 
@@ -413,5 +425,6 @@ def test_cli_eval(cli_runs):
     assert [v["name"] for v in results["variants"]] == ["base", "genarm a'=1", "taro router", "rm alone"]
     assert results["subset"]["ids"] == ["test-L1-000", "test-L2-000", "test-L3-000", "test-L4-000"]
     assert all(len(r["alpha"]) == r["new_tokens"] for r in results["variants"][2]["records"])
+    assert results["next_step"]["contexts"] > 0 and len(results["next_step"]["variants"]) == 4
     assert (root / "a.png").stat().st_size > 0
     assert runs["eval-no-rm"].returncode != 0 and "--router needs --rm" in runs["eval-no-rm"].stderr

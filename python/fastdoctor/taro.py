@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from . import reference
-from .doctor import _atomic_directory, pack_sequences, response_log_probs, run_lm, vocab_fingerprint
+from .doctor import pack_sequences, response_log_probs, run_lm, vocab_fingerprint
+from .files import atomic_directory
 from .reasoning import Problem, StepPair, chat_prompt
 
 RM_FORMAT = "fastdoctor.taro_rm/1"
@@ -210,7 +211,7 @@ def save_reward_model(lm: nn.Module, path: str | os.PathLike, tokenizer=None, *,
     if hasattr(lm, "merge_and_unload"):
         lm = copy.deepcopy(lm).merge_and_unload()
     path = pathlib.Path(path)
-    staging, commit = _atomic_directory(path)
+    staging, commit = atomic_directory(path)
     try:
         lm.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
@@ -344,7 +345,7 @@ def save_router(router: Router, path: str | os.PathLike, tokenizer=None, *, info
     from safetensors.torch import save_file
 
     path = pathlib.Path(path)
-    staging, commit = _atomic_directory(path)
+    staging, commit = atomic_directory(path)
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()},
                   str(staging / "router.safetensors"))
@@ -513,7 +514,7 @@ def build_router_cache(base: nn.Module, rm: nn.Module, tokenizer, problems: Sequ
     total = sum(lengths)
     device = next(base.parameters()).device
     pad_id = _pad_id(tokenizer)
-    staging, commit = _atomic_directory(path)
+    staging, commit = atomic_directory(path)
     try:
         arrays = {name: np.lib.format.open_memmap(staging / f"{name}_logits.npy", mode="w+", dtype=np.float16,
                                                   shape=(total, vocab)) for name in ("base", "rm")}
@@ -591,39 +592,67 @@ def router_batch_loss(router: Router, cache: RouterCache, items: Sequence[CacheI
                   "tokens": float(alpha.numel())}
 
 
+def digit_token_ids(tokenizer) -> torch.Tensor:
+    """The ids of tokens whose text holds a digit (the numbers of a solution)."""
+    tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return torch.tensor([i for i, t in enumerate(tokens) if t is not None and any(c.isdigit() for c in t)],
+                        dtype=torch.int64)
+
+
 @torch.no_grad()
 def evaluate_routing_nll(cache: RouterCache, *, router: Router | None = None,
-                         fixed_alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), chunk: int = 16) -> dict:
-    """Per-token NLL of the cached gold solutions under the router and under fixed convex mixes
-    (1 - a) z_base + a z_rm (a = 0: base alone, a = 1: RM alone); overall and per level."""
-    sums: dict[str, dict[int, float]] = {}
-    counts: dict[int, int] = {}
-    alpha_sums: dict[int, float] = {}
+                         fixed_alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), chunk: int = 16,
+                         digit_ids: torch.Tensor | None = None) -> dict:
+    """Teacher-forced on the cached gold solutions, under the router and under fixed convex mixes
+    (1 - a) z_base + a z_rm (a = 0: base alone, a = 1: RM alone): per-token NLL ('nll') and greedy top-1 accuracy
+    (argmax of the mixed logits = the gold token, 'top1'), overall and per level; with digit_ids, also both on
+    the gold tokens that hold digits ('nll_digits', 'top1_digits')."""
+    stats: dict[str, dict[str, dict[str, float]]] = {}  # variant -> group -> sums
+    counts: dict[str, float] = {}
+    alpha_sums: dict[str, float] = {}
     items = cache.items()
+
+    def add(table, group, key, value):
+        table.setdefault(group, {}).setdefault(key, 0.0)
+        table[group][key] += value
+
     for first in range(0, len(items), chunk):
         part = items[first: first + chunk]
         rows = cache.rows(part)
+        targets = rows["targets"]
         level = torch.cat([torch.full((it.end - it.start,), it.level) for it in part])
-        variants = {f"fixed a={a:g}": torch.full_like(rows["targets"], a, dtype=torch.float32) for a in fixed_alphas}
+        groups = {"all": torch.ones_like(targets, dtype=torch.bool),
+                  **{str(lv): level == lv for lv in level.unique().tolist()}}
+        if digit_ids is not None:
+            groups["digits"] = torch.isin(targets, digit_ids)
+        variants = {f"fixed a={a:g}": torch.full_like(targets, a, dtype=torch.float32) for a in fixed_alphas}
         if router is not None:
             variants["router"] = router.alpha_from_top_k(rows["base_values"], rows["base_ids"], rows["rm_values"],
                                                          rows["rm_ids"])
         for name, alpha in variants.items():
-            nll = routed_nll(alpha, rows["base_logits"], rows["rm_logits"], rows["targets"])
-            for lv in level.unique().tolist():
-                sums.setdefault(name, {}).setdefault(lv, 0.0)
-                sums[name][lv] += float(nll[level == lv].sum())
-        for lv in level.unique().tolist():
-            counts[lv] = counts.get(lv, 0) + int((level == lv).sum())
+            a = alpha.unsqueeze(-1)
+            mixed = (1 - a) * rows["base_logits"] + a * rows["rm_logits"]
+            nll = nn.functional.cross_entropy(mixed, targets, reduction="none")
+            top1 = (mixed.argmax(-1) == targets).float()
+            table = stats.setdefault(name, {})
+            for group, mask in groups.items():
+                add(table, group, "nll", float(nll[mask].sum()))
+                add(table, group, "top1", float(top1[mask].sum()))
+        for group, mask in groups.items():
+            counts[group] = counts.get(group, 0) + int(mask.sum())
             if router is not None:
-                alpha_sums[lv] = alpha_sums.get(lv, 0.0) + float(variants["router"][level == lv].sum())
-    total = sum(counts.values())
-    out = {name: {"all": round(sum(by.values()) / total, 4),
-                  **{str(lv): round(by[lv] / counts[lv], 4) for lv in sorted(by)}} for name, by in sums.items()}
-    result = {"tokens": total, "nll": out}
+                alpha_sums[group] = alpha_sums.get(group, 0.0) + float(variants["router"][mask].sum())
+    order = ["all"] + sorted(g for g in counts if g not in ("all", "digits"))
+    result = {"tokens": int(counts["all"]),
+              "nll": {v: {g: round(t[g]["nll"] / counts[g], 4) for g in order} for v, t in stats.items()},
+              "top1": {v: {g: round(t[g]["top1"] / counts[g], 4) for g in order} for v, t in stats.items()}}
+    if digit_ids is not None and counts.get("digits"):
+        result["digit_tokens"] = int(counts["digits"])
+        result["nll_digits"] = {v: round(t["digits"]["nll"] / counts["digits"], 4) for v, t in stats.items()}
+        result["top1_digits"] = {v: round(t["digits"]["top1"] / counts["digits"], 4) for v, t in stats.items()}
     if router is not None:
-        result["router_alpha_mean"] = {"all": round(sum(alpha_sums.values()) / total, 4),
-                                       **{str(lv): round(alpha_sums[lv] / counts[lv], 4) for lv in sorted(alpha_sums)}}
+        result["router_alpha_mean"] = {g: round(alpha_sums[g] / counts[g], 4) for g in order + (
+            ["digits"] if "digits" in counts and counts["digits"] else [])}
     return result
 
 
@@ -650,10 +679,11 @@ def train_router(cache: RouterCache, out: str | os.PathLike, *, router: Router |
                                              checkpoint_every=50, weight_decay=0.0)
     out = pathlib.Path(out)
     work = pathlib.Path(work) if work is not None else out.with_name(out.name + ".train")
-    before = evaluate_routing_nll(eval_cache, router=router) if eval_cache is not None else None
+    digits = digit_token_ids(tokenizer) if tokenizer is not None else None
+    before = evaluate_routing_nll(eval_cache, router=router, digit_ids=digits) if eval_cache is not None else None
     loss = functools.partial(router_batch_loss, router, cache, entropy_weight=entropy_weight)
     history = train_lib.train(router, cache.items(), loss, config, work, name="taro-router", resume=resume)
-    after = evaluate_routing_nll(eval_cache, router=router) if eval_cache is not None else None
+    after = evaluate_routing_nll(eval_cache, router=router, digit_ids=digits) if eval_cache is not None else None
     summary = {"entropy_weight": entropy_weight, "config": dataclasses.asdict(config), "train_problems": len(cache),
                "train_tokens": cache.tokens, "final_train": history[-1] if history else None,
                "held_out_before": before, "held_out_after": after, **(info or {})}

@@ -47,51 +47,117 @@ def left_pad(rows: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, t
 
 
 @torch.no_grad()
-def decode(variant: dict, patient, tokenizer, problems, *, rm=None, router=None, batch_size: int = 20,
-           max_new_tokens: dict | None = None) -> list[dict]:
-    """Greedy solutions of `problems` under one variant ({'kind': 'base' | 'genarm' | 'router' | 'rm',
-    'alpha': a'}); one record per problem (text, extracted answer, correct, new tokens, alpha trace)."""
+def greedy_continuations(variant: dict, patient, tokenizer, prompts: Sequence[torch.Tensor], max_new_tokens: int, *,
+                         rm=None, router=None) -> list[dict]:
+    """Greedy continuations of one batch of prompt ids under one variant ({'kind': 'base' | 'genarm' | 'router' |
+    'rm', 'alpha': a'}): per prompt {'token_ids', 'text', 'alpha' (router only)}, cut after the first EOS."""
     from .generate import generate
-    from .reasoning import chat_prompt, extract_answer, is_correct
-    from .taro import _pad_id, encode
+    from .taro import _pad_id
 
-    limits = max_new_tokens or MAX_NEW_TOKENS
     pad_id = _pad_id(tokenizer)
     device = next(patient.parameters()).device
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    common = dict(attention_mask=mask, temperature=0.0, max_new_tokens=max_new_tokens,
+                  eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id)
+    trace: list[torch.Tensor] = []
+    kind = variant["kind"]
+    if kind == "base":
+        out = generate(patient, ids, **common)
+    elif kind == "rm":
+        out = generate(rm, ids, **common)
+    elif kind == "genarm":
+        out = generate(patient, ids, doctors=[rm], alpha=1.0, betas=[variant["alpha"]], **common)
+    elif kind == "router":
+        out = generate(patient, ids, doctors=[rm], router=router, alpha_trace=trace, **common)
+    else:
+        raise ValueError(f"variant: unknown kind {kind!r}")
+    new = out[:, ids.shape[1]:].cpu()
+    alphas = torch.stack(trace, dim=1).cpu() if trace else None
+    results = []
+    for row in range(len(prompts)):
+        tokens = new[row].tolist()
+        length = tokens.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in tokens else len(tokens)
+        result = {"token_ids": tokens[:length], "text": tokenizer.decode(tokens[:length], skip_special_tokens=True)}
+        if alphas is not None:
+            result["alpha"] = [round(float(a), 4) for a in alphas[row, :length]]
+        results.append(result)
+    return results
+
+
+def decode(variant: dict, patient, tokenizer, problems, *, rm=None, router=None, batch_size: int = 20,
+           max_new_tokens: dict | None = None) -> list[dict]:
+    """Greedy solutions of `problems` under one variant; one record per problem (text, extracted answer,
+    correct, new tokens, and the alpha trace with its token ids for the router)."""
+    from .reasoning import chat_prompt, extract_answer, is_correct
+    from .taro import encode
+
+    limits = max_new_tokens or MAX_NEW_TOKENS
     records = []
     for level in sorted({p.level for p in problems}):
         group = [p for p in problems if p.level == level]
         for first in range(0, len(group), batch_size):
             chunk = group[first: first + batch_size]
-            ids, mask = left_pad([encode(tokenizer, chat_prompt(tokenizer, p.question)) for p in chunk], pad_id)
-            ids, mask = ids.to(device), mask.to(device)
-            common = dict(attention_mask=mask, temperature=0.0, max_new_tokens=limits[level],
-                          eos_token_id=tokenizer.eos_token_id, pad_token_id=pad_id)
-            trace: list[torch.Tensor] = []
-            kind = variant["kind"]
-            if kind == "base":
-                out = generate(patient, ids, **common)
-            elif kind == "rm":
-                out = generate(rm, ids, **common)
-            elif kind == "genarm":
-                out = generate(patient, ids, doctors=[rm], alpha=1.0, betas=[variant["alpha"]], **common)
-            elif kind == "router":
-                out = generate(patient, ids, doctors=[rm], router=router, alpha_trace=trace, **common)
-            else:
-                raise ValueError(f"variant: unknown kind {kind!r}")
-            new = out[:, ids.shape[1]:].cpu()
-            alphas = torch.stack(trace, dim=1).cpu() if trace else None
-            for row, problem in enumerate(chunk):
-                tokens = new[row].tolist()
-                length = tokens.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in tokens else len(tokens)
-                text = tokenizer.decode(tokens[:length], skip_special_tokens=True)
+            prompts = [encode(tokenizer, chat_prompt(tokenizer, p.question)) for p in chunk]
+            outputs = greedy_continuations(variant, patient, tokenizer, prompts, limits[level], rm=rm, router=router)
+            for problem, output in zip(chunk, outputs):
+                text = output["text"]
                 record = {"id": problem.id, "level": level, "answer": problem.answer, "predicted": extract_answer(text),
-                          "correct": is_correct(text, problem.answer), "new_tokens": length, "text": text}
-                if alphas is not None:
-                    record["alpha"] = [round(float(a), 4) for a in alphas[row, :length]]
-                    record["token_ids"] = tokens[:length]
+                          "correct": is_correct(text, problem.answer), "new_tokens": len(output["token_ids"]),
+                          "text": text}
+                if "alpha" in output:
+                    record["alpha"] = output["alpha"]
+                    record["token_ids"] = output["token_ids"]
                 records.append(record)
     return records
+
+
+def next_step_correct(continuation: str, chosen: str) -> bool:
+    """The continuation's first equation 'a op b = c' is arithmetically exact and its result c is the chosen
+    (correct) step's result."""
+    from fractions import Fraction
+
+    from .reasoning import check_step, find_equations
+
+    found, gold = find_equations(continuation), find_equations(chosen)
+    if not found or not gold:
+        return False
+    left, right = found[0]
+    try:
+        same = Fraction(right.replace(",", "")) == Fraction(gold[-1][1].replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return False
+    return same and check_step(f"{left} = {right}", require_equation=True)
+
+
+def decode_next_steps(variant: dict, patient, tokenizer, pairs, *, rm=None, router=None, batch_size: int = 20,
+                      max_new_tokens: int = 40) -> list[dict]:
+    """Greedy continuations of the step pairs' contexts (chat prompt + the correct earlier steps), scored by
+    next_step_correct against the chosen step: the local, in-distribution task the reward model was trained on."""
+    from .taro import encode, step_context
+
+    records = []
+    for first in range(0, len(pairs), batch_size):
+        chunk = pairs[first: first + batch_size]
+        prompts = [encode(tokenizer, step_context(tokenizer, p)) for p in chunk]
+        outputs = greedy_continuations(variant, patient, tokenizer, prompts, max_new_tokens, rm=rm, router=router)
+        for index, (pair, output) in enumerate(zip(chunk, outputs)):
+            records.append({"id": f"{pair.problem_id}/{pair.step_index}", "level": pair.level,
+                            "correct": next_step_correct(output["text"], pair.chosen), "chosen": pair.chosen,
+                            "text": output["text"], "new_tokens": len(output["token_ids"]),
+                            **({"alpha": output["alpha"], "token_ids": output["token_ids"]} if "alpha" in output else {})})
+    return records
+
+
+def _unique_steps(pairs):
+    """One pair per (problem, step): pairs that share a context differ only in the rejected step."""
+    seen, out = set(), []
+    for pair in pairs:
+        key = (pair.problem_id, pair.step_index, pair.initial_reason_steps)
+        if key not in seen:
+            seen.add(key)
+            out.append(pair)
+    return out
 
 
 def accuracy_table(records: list[dict]) -> dict:
@@ -116,6 +182,28 @@ def variants_for(genarm_alphas: Sequence[float], router, rm) -> list[dict]:
             variants.append({"name": "taro router", "kind": "router"})
         variants.append({"name": "rm alone", "kind": "rm"})
     return variants
+
+
+def evaluate_next_steps(patient, tokenizer, *, rm=None, router=None, pairs=None,
+                        genarm_alphas: Sequence[float] = (0.25, 0.5, 1.0), batch_size: int = 20,
+                        max_new_tokens: int = 40, progress: bool = True) -> dict:
+    """Next-step accuracy on the held-out step pairs' contexts (one per distinct context), every variant."""
+    from .reasoning import load_step_pairs
+
+    pairs = _unique_steps(pairs if pairs is not None else load_step_pairs("test"))
+    results = []
+    for variant in variants_for(genarm_alphas, router, rm):
+        started = time.time()
+        records = decode_next_steps(variant, patient, tokenizer, pairs, rm=rm, router=router, batch_size=batch_size,
+                                    max_new_tokens=max_new_tokens)
+        table = accuracy_table(records)
+        results.append({**variant, "accuracy": table, "seconds": round(time.time() - started, 1), "records": records})
+        if progress:
+            print(f"[taro-eval] next step, {variant['name']:>16}: all={table['all']['accuracy']:.3f}"
+                  f"±{table['all']['se']:.3f}", file=sys.stderr, flush=True)
+    return {"contexts": len(pairs), "max_new_tokens": max_new_tokens,
+            "criterion": "the continuation's first equation is exact and gives the chosen step's result",
+            "variants": results}
 
 
 def evaluate(patient, tokenizer, *, rm=None, router=None, problems=None, per_level: int = 20,
@@ -210,7 +298,7 @@ def _cmd_train_rm(args) -> int:
 
     patient, tokenizer = _load_base(args)
     pairs = load_step_pairs("train")[: args.limit or None]
-    eval_pairs = load_step_pairs("test")[: args.eval_limit or None] if args.eval_limit != 0 else []
+    eval_pairs = load_step_pairs("test")[: args.eval_limit if args.eval_limit > 0 else None] if args.eval_limit else []
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                          lr=args.lr, warmup_steps=args.warmup_steps, log_every=args.log_every,
                          checkpoint_every=args.checkpoint_every, seed=args.seed, autocast=args.autocast)
@@ -286,6 +374,11 @@ def _cmd_eval(args) -> int:
                        max_new_tokens=limits)
     results.update({"patient": args.patient, "rm": args.rm, "router": args.router})
     print(markdown_table(results))
+    if args.next_step:
+        results["next_step"] = evaluate_next_steps(patient, tokenizer, rm=rm, router=router,
+                                                   genarm_alphas=args.genarm_alpha or (0.25, 0.5, 1.0),
+                                                   batch_size=args.batch_size, max_new_tokens=args.next_step_tokens)
+        print(markdown_table(results["next_step"]))
     if args.out:
         out = pathlib.Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -361,6 +454,9 @@ def add_cli_commands(sub) -> None:
                     help="fixed GenARM weights a' (repeatable; default 0.25, 0.5, 1)")
     ev.add_argument("--batch-size", type=int, default=20)
     ev.add_argument("--max-new-tokens", type=int, default=0, help="one limit for every level (0: per-level defaults)")
+    ev.add_argument("--next-step", action="store_true",
+                    help="also score the next step on the held-out step pairs' contexts")
+    ev.add_argument("--next-step-tokens", type=int, default=40, help="new tokens per next-step continuation")
     ev.add_argument("--out", default=None, help="results JSON")
     ev.add_argument("--plot", default=None, help="alpha-trace PNG (with --router and --out)")
     ev.set_defaults(func=_cmd_eval)
