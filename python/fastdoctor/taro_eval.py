@@ -9,7 +9,9 @@ greedy decoding, final answers checked by reasoning.is_correct, the variants com
     taro router        z = (1 - a_t) z_base + a_t z_rm with a_t from the learned router (fused gating op)
     rm alone           the reward model alone
 
-Accuracy is reported per level with its standard error sqrt(p (1 - p) / n).
+Accuracy is reported per level with its standard error sqrt(p (1 - p) / n). evaluate_next_steps scores the
+local task the reward model was trained on: given the chat prompt and the correct earlier steps of a held-out
+step pair, is the first equation of the greedy continuation exact and equal to the correct step's result?
 """
 from __future__ import annotations
 
