@@ -20,7 +20,7 @@ import shutil
 import torch
 from torch import nn
 
-from .files import atomic_directory
+from .files import atomic_directory, read_format_json
 
 FORMAT = "fastdoctor.doctor/1"
 
@@ -168,16 +168,7 @@ def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info
 
 
 def read_doctor_meta(path: str | os.PathLike) -> dict:
-    path = pathlib.Path(path)
-    try:
-        meta = json.loads((path / "doctor.json").read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: not a fastdoctor doctor (no doctor.json)") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}/doctor.json: corrupt ({error})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}/doctor.json: expected format {FORMAT!r}, got {meta.get('format')!r}")
-    return meta
+    return read_format_json(path, "doctor.json", FORMAT, "fastdoctor doctor")
 
 
 def load_doctor(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu",

@@ -33,3 +33,18 @@ def write_json(path: pathlib.Path, payload) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(payload, indent=1))
     os.replace(temporary, path)
+
+
+def read_format_json(folder: str | os.PathLike, name: str, expected_format: str, kind: str) -> dict:
+    """<folder>/<name> as a dict, refused with a ValueError unless it is readable JSON of `expected_format`
+    (`kind` names what the folder should be, e.g. 'fastdoctor doctor')."""
+    folder = pathlib.Path(folder)
+    try:
+        meta = json.loads((folder / name).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{folder}: not a {kind} (no {name})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{folder}/{name}: corrupt ({error})") from None
+    if meta.get("format") != expected_format:
+        raise ValueError(f"{folder}/{name}: expected format {expected_format!r}, got {meta.get('format')!r}")
+    return meta

@@ -40,7 +40,7 @@ from torch import nn
 
 from . import reference
 from .doctor import pack_sequences, response_log_probs, run_lm, vocab_fingerprint
-from .files import atomic_directory
+from .files import atomic_directory, read_format_json
 from .reasoning import Problem, StepPair, chat_prompt
 
 RM_FORMAT = "fastdoctor.taro_rm/1"
@@ -233,14 +233,7 @@ def load_reward_model(path: str | os.PathLike, *, tokenizer=None, dtype: torch.d
     from .models import load_model
 
     path = pathlib.Path(path)
-    try:
-        meta = json.loads((path / "taro_rm.json").read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: not a TARo reward model (no taro_rm.json)") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}/taro_rm.json: corrupt ({error})") from None
-    if meta.get("format") != RM_FORMAT:
-        raise ValueError(f"{path}/taro_rm.json: expected format {RM_FORMAT!r}, got {meta.get('format')!r}")
+    meta = read_format_json(path, "taro_rm.json", RM_FORMAT, "TARo reward model")
     if tokenizer is not None and meta.get("vocab") not in (None, vocab_fingerprint(tokenizer)):
         raise ValueError(f"{path}: the reward model was trained with another tokenizer than the base model's; "
                          "base and reward model must share a vocabulary")
@@ -360,16 +353,7 @@ def save_router(router: Router, path: str | os.PathLike, tokenizer=None, *, info
 
 
 def read_router_meta(path: str | os.PathLike) -> dict:
-    path = pathlib.Path(path)
-    try:
-        meta = json.loads((path / "router.json").read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: not a TARo router (no router.json)") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}/router.json: corrupt ({error})") from None
-    if meta.get("format") != ROUTER_FORMAT:
-        raise ValueError(f"{path}/router.json: expected format {ROUTER_FORMAT!r}, got {meta.get('format')!r}")
-    return meta
+    return read_format_json(path, "router.json", ROUTER_FORMAT, "TARo router")
 
 
 def load_router(path: str | os.PathLike, *, vocab_size: int | None = None, k: int | None = None, tokenizer=None,
