@@ -9,7 +9,7 @@ Rows: untrained truncations, the small doctor before and after distillation (KL 
 responses to the bundled train prompts), and the full-size copy. The distilled doctor is kept in the cache
 for reuse (bench/eval_quality.py --small-doctor).
 
-    python bench/bench_distill.py [--layers 15] [--keep-last 7] [--steps 120] [--lr 1e-3]
+    python bench/bench_distill.py [--layers 15] [--keep-last 7] [--steps 120] [--lr 1e-3] [--patient-samples 4]
 """
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=45, help="held-out responses to measure on")
     parser.add_argument("--continue-from", default=None,
                         help="a distilled model folder (an earlier run's 'saved') to continue distilling")
+    parser.add_argument("--patient-samples", type=int, default=0,
+                        help="also distil on this many fresh patient samples per train prompt (top-p 0.95, 64 tokens)")
     parser.add_argument("--previous-steps", type=int, default=0, help="steps that folder already had (for the label)")
     args = parser.parse_args()
     import transformers
@@ -54,7 +56,13 @@ def main() -> None:
                          warmup_steps=max(args.steps // 20, 1), log_every=10, checkpoint_every=20,
                          seed=args.previous_steps)  # a continuation sees a fresh order of examples
     sequences = distill.chat_sequences(tokenizer, bundled_preferences("train"))
-    tag = f"L{args.layers}-k{args.keep_last}-s{args.previous_steps + args.steps}-lr{args.lr}"
+    if args.patient_samples:
+        began = time.time()
+        sequences += distill.patient_samples(patient, tokenizer, [p.prompt for p in bundled_preferences("train")],
+                                             samples=args.patient_samples)
+        print(f"[distill] {len(sequences)} sequences ({time.time() - began:.0f} s of sampling)", flush=True)
+    tag = (f"L{args.layers}-k{args.keep_last}-s{args.previous_steps + args.steps}-lr{args.lr}"
+           + (f"-ps{args.patient_samples}" if args.patient_samples else ""))
     out = cache_dir() / "distilled" / tag
     began = time.time()
     if args.continue_from:

@@ -49,9 +49,13 @@ def _perturb(doc):
             p.add_(torch.randn_like(p) * 0.1)
 
 
-def test_save_load_round_trip_and_generate(tmp_path):
-    doc = doctor_lib.Doctor(tiny_model("llama", seed=3), value_hidden=8)
+@pytest.mark.parametrize("ramp", [False, True])
+def test_save_load_round_trip_and_generate(tmp_path, ramp):
+    doc = doctor_lib.Doctor(tiny_model("llama", seed=3), value_hidden=8, value_ramp=ramp)
     _perturb(doc)
+    if ramp:
+        with torch.no_grad():
+            doc.value_ramp.copy_(torch.tensor([-1.5, 20.0]))
     path = doctor_lib.save_doctor(doc, tmp_path / "doc", info={"note": "test"})
     loaded = doctor_lib.load_doctor(path)
     batch = _batch(synthetic_examples(3))
@@ -108,6 +112,10 @@ def test_corrupt_or_mismatched_doctor_gives_clear_errors(tmp_path):
     path = doctor_lib.save_doctor(doctor_lib.Doctor(tiny_model("llama"), value_hidden=8), tmp_path / "e")
     save_file({"0.weight": torch.zeros(3, 3)}, str(path / "value_head.safetensors"))
     with pytest.raises(ValueError, match="does not match"):
+        doctor_lib.load_doctor(path)
+    path = doctor_lib.save_doctor(doctor_lib.Doctor(tiny_model("llama"), value_ramp=True), tmp_path / "g")
+    save_file({"0.weight": torch.zeros(1, 64), "0.bias": torch.zeros(1)}, str(path / "value_head.safetensors"))
+    with pytest.raises(ValueError, match="does not match"):  # doctor.json promises a ramp the file lacks
         doctor_lib.load_doctor(path)
     path = doctor_lib.save_doctor(doctor_lib.Doctor(tiny_model("llama")), tmp_path / "f")
     (path / "model.safetensors").write_bytes(b"garbage")

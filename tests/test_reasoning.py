@@ -36,7 +36,7 @@ def test_generator_leaves_the_global_rng_alone():
 
 @pytest.mark.parametrize("level", reasoning.LEVELS)
 def test_solutions_are_arithmetically_right_and_end_with_the_answer(level):
-    steps_per_level = {1: {1}, 2: {2}, 3: {3, 4}, 4: {5, 6}}
+    steps_per_level = {0: {1}, 1: {1}, 2: {2}, 3: {3, 4}, 4: {5, 6}}
     for problem in reasoning.generate_problems(40, level, seed=11):
         assert problem.level == level and len(problem.steps) in steps_per_level[level]
         assert problem.question.endswith("?")
@@ -52,9 +52,19 @@ def test_solutions_are_arithmetically_right_and_end_with_the_answer(level):
 def test_levels_grow_in_size():
     biggest = {level: max(max(int(right) for step in p.steps for _, right in reasoning.find_equations(step))
                           for p in reasoning.generate_problems(60, level, seed=5)) for level in reasoning.LEVELS}
-    assert biggest[1] <= 18 < biggest[3] < biggest[4]
+    assert biggest[1] <= 18 < biggest[3] < biggest[4] and biggest[0] <= 38
     with pytest.raises(ValueError, match="level"):
         reasoning.generate_problem(random.Random(0), 5)
+    with pytest.raises(ValueError, match="level"):
+        reasoning.generate_problem(random.Random(0), -1)
+
+
+def test_level_zero_is_bare_arithmetic():
+    for problem in reasoning.generate_problems(30, 0, seed=2):
+        assert problem.question.startswith("What is ") and problem.question.endswith("?")
+        (left, right), = reasoning.find_equations(problem.steps[0])
+        assert problem.question == f"What is {left}?" and int(right) == problem.answer
+        assert problem.steps[0] == f"{left} = {right}." and problem.topic == "arithmetic"
 
 
 @pytest.mark.parametrize("level", reasoning.LEVELS)
@@ -181,11 +191,11 @@ def test_bundled_files_equal_a_regeneration_with_the_recorded_seed():
 def test_bundled_sizes_and_levels():
     test_problems, train_problems = reasoning.load_problems("test"), reasoning.load_problems("train")
     train_pairs, test_pairs = reasoning.load_step_pairs("train"), reasoning.load_step_pairs("test")
-    assert (len(test_problems), len(train_problems), len(train_pairs), len(test_pairs)) == (240, 400, 600, 120)
+    assert (len(test_problems), len(train_problems), len(train_pairs), len(test_pairs)) == (300, 500, 750, 150)
     for level in reasoning.LEVELS:
         assert sum(p.level == level for p in test_problems) == 60
         assert sum(p.level == level for p in train_pairs) == 150
-    assert set(META["probe"]["accuracy"]) == {"1", "2", "3", "4"}
+    assert set(META["probe"]["accuracy"]) == {"0", "1", "2", "3", "4"}
     total = sum((reasoning.DATASETS / f"reasoning_{name}.jsonl").stat().st_size for name in make_reasoning.FILES)
     assert total < 1_000_000
     for pair in train_pairs:

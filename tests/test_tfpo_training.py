@@ -68,3 +68,39 @@ def test_examples_round_trip_a_rewards_file_layout():
     for a, b in zip(examples, back):
         for field in ("prompt", "chosen", "rejected", "chosen_rewards", "rejected_rewards"):
             torch.testing.assert_close(getattr(a, field).to(getattr(b, field).dtype), getattr(b, field))
+
+
+def test_fit_value_ramp_lands_on_the_subtb_minimum():
+    """The fit is one Newton step on an exact quadratic: afterwards the loss's gradient in the two ramp
+    numbers is ~0, the loss never rises, and a perturbed ramp does worse."""
+    doc = doctor_lib.Doctor(tiny_model("llama", seed=4), value_hidden=8, value_ramp=True)
+    examples = synthetic_examples(12, seed=5)
+    settings = tfpo.TFPOSettings()
+    fit = tfpo.fit_value_ramp(doc, examples, settings, batch_size=4)
+    assert fit["subtb_after"] <= fit["subtb_before"]
+    assert fit["slope"] < 0  # a random tiny LM spends ~log V nats per token: log V must fall along a response
+    doc.eval()
+    loss, _ = tfpo.tfpo_batch_loss(doc, examples, settings)
+    doc.zero_grad()
+    loss.backward()
+    assert doc.value_ramp.grad.abs().max() < 1e-2 * (1 + float(loss)), doc.value_ramp.grad
+    with torch.no_grad():
+        for delta in ([0.05, 0.0], [0.0, 0.5], [-0.05, 0.0]):
+            doc.value_ramp += torch.tensor(delta)
+            worse, _ = tfpo.tfpo_batch_loss(doc, examples, settings)
+            doc.value_ramp -= torch.tensor(delta)
+            assert float(worse) > float(loss)
+
+
+def test_fit_value_ramp_needs_a_ramp_and_examples():
+    with pytest.raises(ValueError, match="no value ramp"):
+        tfpo.fit_value_ramp(doctor_lib.Doctor(tiny_model("llama", seed=4)), synthetic_examples(2))
+    with pytest.raises(ValueError, match="no examples"):
+        tfpo.fit_value_ramp(doctor_lib.Doctor(tiny_model("llama", seed=4), value_ramp=True), [])
+
+
+def test_free_terminal_fits_the_slope_only():
+    """Without a pinned terminal the offset cancels from every residual: the pseudo-inverse leaves it at 0."""
+    doc = doctor_lib.Doctor(tiny_model("llama", seed=4), value_ramp=True)
+    fit = tfpo.fit_value_ramp(doc, synthetic_examples(8, seed=6), tfpo.TFPOSettings(terminal_log_v=None))
+    assert abs(fit["offset"]) < 1e-6 and fit["slope"] < 0

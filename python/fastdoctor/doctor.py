@@ -16,6 +16,7 @@ import json
 import os
 import pathlib
 import shutil
+import warnings
 
 import torch
 from torch import nn
@@ -94,9 +95,17 @@ def response_log_probs(logits: torch.Tensor, batch: SequenceBatch) -> torch.Tens
 
 class Doctor(nn.Module):
     """lm: an HF causal LM (optionally a peft LoRA model); value_head: log V from the last hidden state.
-    The value head's output layer starts at zero, so log V = 0 everywhere before training."""
+    The value head's output layer starts at zero, so log V = 0 everywhere before training.
 
-    def __init__(self, lm: nn.Module, value_hidden: int = 0):
+    value_ramp adds (slope * t + offset) to log V at the state s_t, t = response tokens so far. Why: along a
+    response the SubTB residuals are dominated by the doctor's own cumulative log-probability, which falls by
+    about 2 nats per token on the default patient: a ramp that a head on the last hidden state cannot read
+    (it does not know t) and that AdamW at a LoRA learning rate cannot reach (the fitted offset is ~100).
+    Unabsorbed, that ramp is ~90% of the loss and its gradient just sharpens the policy on both responses;
+    tfpo.fit_value_ramp sets the two numbers to the SubTB minimiser before training (on the default patient
+    the loss falls from ~2,600 to ~300), so the rewards carry the signal."""
+
+    def __init__(self, lm: nn.Module, value_hidden: int = 0, value_ramp: bool = False):
         super().__init__()
         self.lm = lm
         width = hidden_size(lm.config)
@@ -108,13 +117,24 @@ class Doctor(nn.Module):
         nn.init.zeros_(self.value_head[-1].weight)
         nn.init.zeros_(self.value_head[-1].bias)
         self.value_head.to(next(lm.parameters()).device)
+        self.value_ramp = nn.Parameter(torch.zeros(2, device=next(lm.parameters()).device)) if value_ramp else None
 
     def forward(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(token_logp [B, L], log_v [B, L + 1]) in float32, the inputs of tfpo.subtb_loss."""
         out = run_lm(self.lm, batch, output_hidden_states=True)
         states = out.hidden_states[-1][:, -(batch.response_ids.shape[1] + 1):]
         log_v = self.value_head(states.to(self.value_head[0].weight.dtype)).squeeze(-1).float()
+        if self.value_ramp is not None:
+            t = torch.arange(log_v.shape[1], device=log_v.device, dtype=log_v.dtype)
+            log_v = log_v + self.value_ramp[0] * t + self.value_ramp[1]
         return response_log_probs(out.logits, batch), log_v
+
+    def value_state(self) -> dict[str, torch.Tensor]:
+        """The value head's tensors as saved in value_head.safetensors (the ramp under "ramp")."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.value_head.state_dict().items()}
+        if self.value_ramp is not None:
+            state["ramp"] = self.value_ramp.detach().cpu().clone()
+        return state
 
     def plain_lm(self) -> nn.Module:
         """The LM without adapters: LoRA weights merged into a copy (the training model is left alone)."""
@@ -141,7 +161,9 @@ def attach_lora(lm: nn.Module, *, rank: int = 8, alpha: int = 16, dropout: float
         raise ValueError(f"attach_lora: found no known projection layers in {type(lm).__name__}")
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=wanted,
                         task_type="CAUSAL_LM", fan_in_fan_out="c_attn" in wanted)
-    return get_peft_model(lm, config)
+    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(lm, config)
 
 
 def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info: dict | None = None) -> pathlib.Path:
@@ -155,9 +177,9 @@ def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info
         doctor.plain_lm().save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        save_file({k: v.detach().contiguous().cpu() for k, v in doctor.value_head.state_dict().items()},
-                  str(staging / "value_head.safetensors"))
-        meta = {"format": FORMAT, "value_hidden": doctor.value_hidden, "hidden_size": hidden_size(doctor.lm.config),
+        save_file(doctor.value_state(), str(staging / "value_head.safetensors"))
+        meta = {"format": FORMAT, "value_hidden": doctor.value_hidden, "value_ramp": doctor.value_ramp is not None,
+                "hidden_size": hidden_size(doctor.lm.config),
                 "vocab": vocab_fingerprint(tokenizer) if tokenizer is not None else None, "info": info or {}}
         (staging / "doctor.json").write_text(json.dumps(meta, indent=2))
         commit()
@@ -190,9 +212,14 @@ def load_doctor(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, 
     if hidden_size(lm.config) != meta["hidden_size"]:
         raise ValueError(f"{path}: doctor.json says hidden size {meta['hidden_size']}, the LM has "
                          f"{hidden_size(lm.config)}")
-    doctor = Doctor(lm, value_hidden=int(meta["value_hidden"]))
+    doctor = Doctor(lm, value_hidden=int(meta["value_hidden"]), value_ramp=bool(meta.get("value_ramp", False)))
     try:
+        ramp = head.pop("ramp", None)
+        if (ramp is None) != (doctor.value_ramp is None) or (ramp is not None and ramp.shape != (2,)):
+            raise RuntimeError("the position ramp does not match")
         doctor.value_head.load_state_dict(head)
+        if ramp is not None:
+            doctor.value_ramp.data.copy_(ramp)
     except RuntimeError as error:
         raise ValueError(f"{path}/value_head.safetensors: does not match doctor.json ({error})") from None
     return doctor.to(device).eval()

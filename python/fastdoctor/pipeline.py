@@ -80,17 +80,25 @@ def distill_small(patient, tokenizer, sequences, out: pathlib.Path, init: Doctor
 
 
 def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
-               settings: tfpo.TFPOSettings = tfpo.TFPOSettings(), *, value_hidden: int = 0, resume: bool = True,
-               info: dict | None = None) -> Doctor:
-    """TFPO on `examples`; the trained doctor is saved to <out>/doctor (atomically)."""
-    doctor = Doctor(lm, value_hidden=value_hidden)
-    loss = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=settings, pad_id=tokenizer.pad_token_id or 0,
-                             device=next(lm.parameters()).device)
+               settings: tfpo.TFPOSettings = tfpo.TFPOSettings(), *, value_hidden: int = 0, value_ramp: bool = False,
+               resume: bool = True, info: dict | None = None) -> Doctor:
+    """TFPO on `examples`; the trained doctor is saved to <out>/doctor (atomically). With value_ramp, a
+    fresh run first fits the value head's position ramp (tfpo.fit_value_ramp); a resumed one restores it."""
+    doctor = Doctor(lm, value_hidden=value_hidden, value_ramp=value_ramp)
+    pad_id, device = tokenizer.pad_token_id or 0, next(lm.parameters()).device
+    info = dict(info or {})
+    if value_ramp and not (resume and (out / "checkpoint" / "state.json").exists()):
+        fit = tfpo.fit_value_ramp(doctor, examples, settings, pad_id=pad_id, device=device)
+        info["value_ramp_fit"] = fit
+        if _is_main_process():
+            print(f"[tfpo] value ramp: slope={fit['slope']:.3f} offset={fit['offset']:.2f} "
+                  f"subtb {fit['subtb_before']:.1f} -> {fit['subtb_after']:.1f} on {fit['pairs']} pairs", flush=True)
+    loss = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=settings, pad_id=pad_id, device=device)
     history = train(doctor, examples, loss, config, out, name="tfpo", resume=resume)
     if _is_main_process():
         save_doctor(doctor, out / "doctor", tokenizer,
                     info={"method": "tfpo", "settings": dataclasses.asdict(settings),
-                          "config": dataclasses.asdict(config), **(info or {}), "final": history[-1] if history else None})
+                          "config": dataclasses.asdict(config), **info, "final": history[-1] if history else None})
     return doctor
 
 

@@ -1,9 +1,10 @@
 """Step-wise arithmetic reasoning data for TARo: a generator, Math-Step-DPO-style pairs, a verifier, loaders.
 
 Problems are short multi-step word problems (shopping, savings, travel, baking, an orchard, reading, a
-classroom) in four difficulty levels; every solution step is one sentence with one explicit equation
+classroom) in four difficulty levels, below them a level 0 of bare sums and differences; every solution step is one sentence with one explicit equation
 ("3 trays of 12 cookies make 3 * 12 = 36 cookies."), and the solution ends with "The answer is N.".
 
+    level 0  bare arithmetic, "What is 17 + 5?", one step   (the default patient gets about a third right)
     level 1  one step, single-digit numbers, + or -        (the default patient gets some right)
     level 2  two steps, small numbers (results up to 40), + - and * by 2 or 3
     level 3  three or four steps, two-digit numbers, + - * / and "change" subtractions
@@ -37,8 +38,8 @@ import random
 import re
 from fractions import Fraction
 
-GENERATOR_VERSION = "1"
-LEVELS = (1, 2, 3, 4)
+GENERATOR_VERSION = "2"  # 2: level 0 added; levels 1-4 are drawn exactly as in version 1
+LEVELS = (0, 1, 2, 3, 4)
 ERROR_TYPES = ("arithmetic_slip", "digit_swap", "dropped_carry", "wrong_operand", "wrong_operation")
 ARITHMETIC_ERROR_TYPES = ("arithmetic_slip", "digit_swap", "dropped_carry")
 INSTRUCTION = "Solve the problem step by step. End with 'The answer is N.'"
@@ -433,6 +434,14 @@ _SCENARIOS = (
 )
 
 
+# Level 0: the question is the bare sum or difference ("What is 7 + 5?") and the solution its one equation.
+# The smallest step below the word problems that SmolLM2-135M can do at all (it gets about 1 in 3 right;
+# the one-step word problems of level 1 about 1 in 10).
+_ARITHMETIC = _Scenario(
+    "arithmetic", given="What is {a}", given_ask="", product_q="", product_s="", product_ask="",
+    ops=(_Op("add", "+ {n}?", "{eq}.", ""), _Op("sub", "- {n}?", "{eq}.", "")))
+
+
 @dataclasses.dataclass(frozen=True)
 class _Level:
     ops: int                        # number of ops after the start (a product start adds one step)
@@ -451,6 +460,9 @@ class _Level:
 def _level_spec(level: int, rng: random.Random) -> _Level:
     """The level's settings (levels 3 and 4 draw their number of ops with rng). Calibrated on the default
     patient: see 'probe' in datasets/reasoning.meta.json."""
+    if level == 0:  # first numbers up to 29: single digits alone give too few distinct questions for the split
+        return _Level(ops=1, product_start=False, start=(2, 29), start_b=(0, 0), add=(2, 9), kinds=("add", "sub"),
+                      max_value=38)
     if level == 1:
         return _Level(ops=1, product_start=False, start=(2, 9), start_b=(0, 0), add=(2, 9), kinds=("add", "sub"),
                       max_value=18)
@@ -546,7 +558,7 @@ class _Chain:
         last_n = self.ops[-1][1] if self.ops else None
         ask = self.ops[-1][0].ask if self.ops else (sc.product_ask if self.factor is not None else sc.given_ask)
         parts.append(ask.format(n=last_n, **self.fmt))
-        return " ".join(_cap(p) for p in parts)
+        return " ".join(_cap(p) for p in parts if p)  # level 0's bare sums have no separate ask
 
     def step_specs(self) -> list[tuple[str, str, int, int]]:
         """(template, kind, x, n) for each solution step; x is the product start's first factor, and None
@@ -587,7 +599,7 @@ def _cap(text: str) -> str:
 
 def _sample_chain(rng: random.Random, level: int) -> _Chain | None:
     spec = _level_spec(level, rng)
-    scenario = rng.choice(_SCENARIOS)
+    scenario = _ARITHMETIC if level == 0 else rng.choice(_SCENARIOS)
     name, pronoun = rng.choice(_PEOPLE)
     cap, pr, obj, pos = _PRONOUNS[pronoun]
     fmt = {"name": name, "Pr": cap, "pr": pr, "pr_obj": obj, "pr_pos": pos, "Pr_pos": _cap(pos)}
@@ -678,7 +690,7 @@ def _problem_from_chain(chain: _Chain, level: int, problem_id: str) -> Problem:
 
 
 def generate_problem(rng: random.Random, level: int, problem_id: str = "") -> Problem:
-    """One problem of the given level (1..4), drawn with rng (a random.Random; no global RNG is used)."""
+    """One problem of the given level (0..4), drawn with rng (a random.Random; no global RNG is used)."""
     return _problem_from_chain(_chain(rng, level), level, problem_id)
 
 

@@ -168,3 +168,68 @@ def tfpo_batch_loss(doctor, examples: list[ScoredExample], settings: TFPOSetting
     rejected_logp = (token_logp[count:].sum(1)).mean()
     return total, {"subtb": float(subtb.detach()), "value": float(value.detach()),
                    "logp_margin": float((chosen_logp - rejected_logp).detach()), "tokens": float(mask.sum())}
+
+
+@torch.no_grad()
+def _ramp_inputs(doctor, examples, *, pad_id: int, device, batch_size: int):
+    from .doctor import pack_sequences
+
+    batches = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        batch = pack_sequences([e.prompt for e in chunk] * 2, [e.chosen for e in chunk] + [e.rejected for e in chunk],
+                               pad_id).to(device)
+        rewards = torch.zeros(batch.response_ids.shape, device=device)
+        for row, r in enumerate([e.chosen_rewards for e in chunk] + [e.rejected_rewards for e in chunk]):
+            rewards[row, : r.numel()] = r.to(device)
+        token_logp, log_v = doctor(batch)
+        t = torch.arange(log_v.shape[1], device=log_v.device, dtype=log_v.dtype)
+        log_v = log_v - (doctor.value_ramp[0] * t + doctor.value_ramp[1])  # the head alone
+        batches.append((rewards, token_logp.float(), log_v.float(), batch.response_mask))
+    return batches
+
+
+def fit_value_ramp(doctor, examples: list[ScoredExample], settings: TFPOSettings = TFPOSettings(), *,
+                   pad_id: int = 0, device: torch.device | str = "cpu", batch_size: int = 8,
+                   max_examples: int = 64) -> dict:
+    """Sets doctor.value_ramp (log V += slope * t + offset, see doctor.Doctor) to the minimiser of the SubTB
+    loss under the current doctor on up to `max_examples` pairs (evenly spaced), and returns the fit.
+
+    Run once before training: the loss is an exact quadratic in the two numbers, so one Newton step (with a
+    pseudo-inverse: without a pinned terminal the offset cancels and only the slope is determined) lands on
+    the minimum. Forward passes only, in eval mode."""
+    if doctor.value_ramp is None:
+        raise ValueError("fit_value_ramp: the doctor has no value ramp (Doctor(..., value_ramp=True))")
+    if not examples:
+        raise ValueError("fit_value_ramp: no examples")
+    stride = max(1, len(examples) // max_examples)
+    sample = list(examples)[::stride][:max_examples]
+    was_training = doctor.training
+    doctor.eval()
+    try:
+        batches = _ramp_inputs(doctor, sample, pad_id=pad_id, device=device, batch_size=batch_size)
+    finally:
+        doctor.train(was_training)
+
+    def loss_of(ramp: torch.Tensor) -> torch.Tensor:
+        total = ramp.new_zeros(())
+        for rewards, token_logp, log_v, mask in batches:
+            t = torch.arange(log_v.shape[1], device=log_v.device, dtype=log_v.dtype)
+            shifted = log_v + ramp[0] * t + ramp[1]
+            if settings.subtb_lambda is None:
+                total = total + subtb_loss(rewards, token_logp, shifted, mask, kappa=settings.kappa,
+                                           terminal_log_v=settings.terminal_log_v)
+            else:
+                total = total + subtb_loss_pairwise(rewards, token_logp, shifted, mask, kappa=settings.kappa,
+                                                    terminal_log_v=settings.terminal_log_v, lam=settings.subtb_lambda)
+        return total / len(batches)
+
+    start = torch.zeros(2, dtype=torch.float64, device=batches[0][0].device)
+    batches = [tuple(x.double() if x.is_floating_point() else x for x in b) for b in batches]
+    gradient = torch.autograd.functional.jacobian(loss_of, start)
+    hessian = torch.autograd.functional.hessian(loss_of, start)
+    ramp = -torch.linalg.pinv(hessian) @ gradient
+    before, after = float(loss_of(start)), float(loss_of(ramp))
+    doctor.value_ramp.data.copy_(ramp.to(doctor.value_ramp.dtype))
+    return {"slope": float(ramp[0]), "offset": float(ramp[1]), "subtb_before": before, "subtb_after": after,
+            "pairs": len(sample)}

@@ -4,11 +4,11 @@ default patient's accuracy on it.
   python -m fastdoctor.datasets.make_reasoning [--seed 0] [--probe 20] [--out DIR]
 
 Files (JSONL, one record a line):
-  reasoning_problems_test.jsonl   240 held-out problems, 60 per level (evaluation)
-  reasoning_steps_test.jsonl      120 step pairs, one on each of the first 30 held-out problems per level
-  reasoning_steps_train.jsonl     600 step pairs, two on each of 300 train problems (reward-model training)
-  reasoning_problems_train.jsonl  400 other train problems with full solutions (router training)
-Every set has the four levels in equal numbers. No train question shares its skeleton (the question with
+  reasoning_problems_test.jsonl   300 held-out problems, 60 per level (evaluation)
+  reasoning_steps_test.jsonl      150 step pairs, one on each of the first 30 held-out problems per level
+  reasoning_steps_train.jsonl     750 step pairs, two on each of 375 train problems (reward-model training)
+  reasoning_problems_train.jsonl  500 other train problems with full solutions (router training)
+Every set has the five levels (0-4) in equal numbers. No train question shares its skeleton (the question with
 the person's name and pronouns blanked out) with a held-out question, and no question appears twice.
 Each part is drawn from its own random.Random(f"{seed}/{part}/{level}"), so the files are a pure function of
 the seed and fastdoctor.reasoning.GENERATOR_VERSION (generation takes well under a second, and the tests
@@ -60,10 +60,10 @@ def build(seed: int = 0) -> dict[str, list[dict]]:
             made += 1
             yield problem, step_pairs[:pairs]
 
-    for level in reasoning.LEVELS:
+    for index, level in enumerate(reasoning.LEVELS):
         for problem, pairs in draw("test", level, TEST_PER_LEVEL, 1, "test", set()):
             parts["problems_test"].append(problem.to_json())
-            if len(parts["problems_test"]) - (level - 1) * TEST_PER_LEVEL <= TEST_STEP_PAIRS_PER_LEVEL:
+            if len(parts["problems_test"]) - index * TEST_PER_LEVEL <= TEST_STEP_PAIRS_PER_LEVEL:
                 parts["steps_test"] += [pair.to_json() for pair in pairs]
     test_skeletons = set(seen_skeletons)
     for level in reasoning.LEVELS:
