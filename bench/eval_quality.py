@@ -8,13 +8,14 @@ in every method, so a steered sample is paired with the patient's sample of the 
   4. GenARM: the same doctor architecture trained with GenARM's Bradley-Terry ARM loss, decoding
      p_patient * p_arm^alpha;
   5. LLMdoctor: the TFPO doctor, with a beta sweep and alpha = beta = 0.5 (the quickstart's doctor; trained
-     here if not cached).
+     here if not cached); with --small-doctor, also TFPO on a distilled half-depth doctor (weak-to-strong).
 
 Reports mean VADER reward +- standard error, win rate against the patient's paired samples, distinct-2/3,
 the patient's perplexity of the outputs and tokens/s. Writes bench/results/quality_cpu.{json,md} and a
 reward-against-diversity PNG.
 
   python bench/eval_quality.py [--base-samples 4] [--samples 2] [--betas 0.5 1 2] [--arm-alphas 1]
+                               [--small-doctor ~/.cache/fastdoctor/distilled/<tag>/model]
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import RESULTS, run_meta, write_results  # noqa: E402
 
 
-def _doctor(kind: str, patient, tokenizer, examples, root: pathlib.Path, steps: int, lr: float):
+def _doctor(kind: str, patient, tokenizer, examples, root: pathlib.Path, steps: int, lr: float, small_from=None):
     from fastdoctor import pipeline
     from fastdoctor.doctor import load_doctor
     from fastdoctor.train import TrainConfig
@@ -38,7 +39,14 @@ def _doctor(kind: str, patient, tokenizer, examples, root: pathlib.Path, steps: 
     if not (saved / "doctor.json").exists():
         config = TrainConfig(steps=steps, batch_size=8, lr=lr, warmup_steps=max(steps // 10, 1), log_every=4,
                              checkpoint_every=8)
-        lm = pipeline.build_lm(patient, pipeline.DoctorInit(kind="full"))
+        if small_from is not None:  # a distilled small doctor (bench_distill.py's saved model): all weights train
+            from transformers import AutoModelForCausalLM
+
+            lm = AutoModelForCausalLM.from_pretrained(small_from)
+            for p in lm.parameters():
+                p.requires_grad_(True)
+        else:
+            lm = pipeline.build_lm(patient, pipeline.DoctorInit(kind="full"))
         if kind == "genarm":
             pipeline.train_genarm(lm, tokenizer, examples, root, config)
         else:
@@ -74,6 +82,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=48, help="training steps of each doctor (if not cached)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--small-doctor", default=None, metavar="MODEL",
+                        help="also TFPO-train this distilled small doctor (bench_distill.py's saved model) and add its rows")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -115,6 +125,13 @@ def main() -> None:
     steered += [(f"GenARM (alpha {a})", arm.lm, 1.0, a) for a in args.arm_alphas]
     steered += [(f"LLMdoctor TFPO (beta {b})", tfpo_doctor.lm, 1.0, b) for b in args.betas]
     steered += [("LLMdoctor TFPO (alpha 0.5, beta 0.5)", tfpo_doctor.lm, 0.5, 0.5)]
+    small = None
+    if args.small_doctor:  # the weak-to-strong setting: lr / 5 as in the quickstart, since every weight trains
+        small = _doctor("tfpo", patient, tokenizer, examples, root / "tfpo_small", args.steps, settings.lr / 5,
+                        small_from=args.small_doctor)
+        layers = small.lm.config.num_hidden_layers
+        steered += [(f"LLMdoctor TFPO, {layers}-layer distilled doctor (beta {b})", small.lm, 1.0, b) for b in (0.5, 1.0)]
+        steered += [(f"LLMdoctor TFPO, {layers}-layer distilled doctor (alpha 0.5, beta 0.5)", small.lm, 0.5, 0.5)]
     for name, doctor_lm, alpha, beta in steered:
         print(f"[quality] {name}", file=sys.stderr, flush=True)
         done = evaluate.sample_completions(patient, tokenizer, prompts, doctors=[doctor_lm], alpha=alpha, betas=[beta],
@@ -124,8 +141,8 @@ def main() -> None:
     from fastdoctor import distill
 
     held_out = distill.chat_sequences(tokenizer, bundled_preferences("test"), responses="chosen")
-    agreement = {name: distill.agreement(patient, lm, held_out)
-                 for name, lm in (("TFPO doctor", tfpo_doctor.lm), ("GenARM ARM", arm.lm))}
+    doctors = [("TFPO doctor", tfpo_doctor.lm), ("GenARM ARM", arm.lm)] + ([("small TFPO doctor", small.lm)] if small else [])
+    agreement = {name: distill.agreement(patient, lm, held_out) for name, lm in doctors}
     print(f"[quality] doctor agreement with the patient: {agreement}", file=sys.stderr, flush=True)
     for row in rows:
         row.setdefault("win_rate", float("nan"))
@@ -133,13 +150,19 @@ def main() -> None:
     meta = {**run_meta("cpu"), "prompts": len(prompts), "samples_per_prompt": args.samples,
             "patient_samples_per_prompt": args.base_samples,
             "max_new_tokens": args.max_new_tokens, "doctor_training_steps": args.steps,
-            "quickstart_settings": dataclasses.asdict(settings), "doctor_agreement": agreement}
+            "quickstart_settings": dataclasses.asdict(settings), "doctor_agreement": agreement,
+            "small_doctor": args.small_doctor}
     columns = [("method", "method"), ("reward_text", "VADER reward (mean ± SE)"), ("win_rate", "win rate vs patient (paired seeds)"),
                ("distinct_2", "distinct-2"), ("distinct_3", "distinct-3"), ("perplexity", "patient perplexity"),
                ("tokens_per_s", "tokens/s"), ("samples", "samples")]
     write_results("quality", "cpu", meta, [{k: v for k, v in r.items() if k != "scores"} for r in rows], columns,
                   note=f"Bundled positivity task, {len(prompts)} held-out prompts, top-p 0.9, temperature 1, "
-                       f"{args.max_new_tokens} new tokens; doctors are LoRA copies of the patient.")
+                       f"{args.max_new_tokens} new tokens; doctors are LoRA copies of the patient trained {args.steps} "
+                       "steps x 8 pairs (TFPO with the fitted value ramp)" +
+                       (f", except the distilled doctor ({args.small_doctor}, all weights trained)" if small else "") +
+                       ". Doctors against the patient (teacher-forced on held-out patient text): " +
+                       "; ".join(f"{name}: greedy agreement {a['greedy_agreement']:.3f}, perplexity {a['perplexity']:.1f}"
+                                 for name, a in agreement.items()) + ".")
     plot(rows, RESULTS / "quality_cpu.png")
     print((RESULTS / "quality_cpu.md").read_text())
 

@@ -16,6 +16,7 @@ Three measurements:
 
     fastdoctor taro train-rm --out RM ...; fastdoctor taro train-router --rm RM --out ROUTER ...
     python bench/eval_taro.py --rm RM --router ROUTER [--per-level 20] [--reuse-solutions]
+                              [--levels 0 --per-level 60 --name taro_eval_level0]
 
 Writes bench/results/taro_eval_cpu.{json,md} and bench/results/taro_alpha_trace_cpu.png; the reward model's
 held-out pair accuracy and the router's training summary are copied from their saved JSON.
@@ -30,7 +31,7 @@ import torch
 
 import fastdoctor
 from fastdoctor import taro
-from fastdoctor.reasoning import load_problems
+from fastdoctor.reasoning import load_problems, load_step_pairs
 from fastdoctor.taro_eval import (MAX_NEW_TOKENS, eval_subset, evaluate, evaluate_next_steps, markdown_table,
                                   plot_alpha_traces)
 from common import RESULTS, run_meta
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--rm-summary", nargs="+", default=None, metavar="RM",
                         help="only write taro_rm_cpu.{json,md}: the patient's and these RMs' held-out pair accuracy")
     parser.add_argument("--per-level", type=int, default=20)
+    parser.add_argument("--levels", type=int, nargs="+", default=None,
+                        help="evaluate only these difficulty levels (default: all); --name keeps their results apart")
     parser.add_argument("--genarm-alpha", type=float, action="append", default=[])
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
@@ -107,7 +110,8 @@ def main() -> None:
     router = taro.load_router(args.router, vocab_size=patient.get_output_embeddings().weight.shape[0],
                               tokenizer=tokenizer)
     stem = RESULTS / f"{args.name}_cpu"
-    subset = eval_subset(load_problems("test"), args.per_level)
+    held_out = [p for p in load_problems("test") if args.levels is None or p.level in args.levels]
+    subset = eval_subset(held_out, args.per_level)
     previous = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
     if (args.reuse_solutions and previous.get("subset", {}).get("ids") == [p.id for p in subset]
             and previous.get("reward_model", {}).get("path") == args.rm
@@ -115,12 +119,14 @@ def main() -> None:
         solutions = {k: previous[k] for k in ("subset", "max_new_tokens", "decoding", "variants")}
         print("[taro-eval] reusing the full-solution results of", stem.with_suffix(".json"))
     else:
-        solutions = evaluate(patient, tokenizer, rm=rm, router=router, per_level=args.per_level,
+        solutions = evaluate(patient, tokenizer, rm=rm, router=router, problems=held_out, per_level=args.per_level,
                              genarm_alphas=genarm_alphas, batch_size=args.batch_size)
-    next_steps = evaluate_next_steps(patient, tokenizer, rm=rm, router=router, genarm_alphas=genarm_alphas,
-                                     batch_size=args.batch_size)
+    step_pairs = [p for p in load_step_pairs("test") if args.levels is None or p.level in args.levels]
+    next_steps = evaluate_next_steps(patient, tokenizer, rm=rm, router=router, pairs=step_pairs,
+                                     genarm_alphas=genarm_alphas, batch_size=args.batch_size)
     cache_dir = pathlib.Path(args.cache) if args.cache else pathlib.Path(args.router).with_name(
-        pathlib.Path(args.router).name + ".cache") / "test"
+        pathlib.Path(args.router).name + ".cache") / ("test" if args.levels is None else
+                                                      "test-L" + "".join(map(str, sorted(args.levels))))
     cache = taro.build_router_cache(patient, rm, tokenizer, subset, cache_dir)
     convex = sorted({0.0, 1.0, 0.5, *(round(a / (1 + a), 4) for a in genarm_alphas)})
     teacher_forced = taro.evaluate_routing_nll(cache, router=router, fixed_alphas=convex,
@@ -139,7 +145,7 @@ def main() -> None:
                **solutions, "next_step": next_steps, "teacher_forced": teacher_forced}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
-    plot_path = RESULTS / "taro_alpha_trace_cpu.png"
+    plot_path = RESULTS / ("taro_alpha_trace_cpu.png" if args.name == "taro_eval" else f"{args.name}_alpha_trace_cpu.png")
     plot_alpha_traces(next(v["records"] for v in solutions["variants"] if v["kind"] == "router"), tokenizer, plot_path)
 
     rm_line = ""
@@ -156,7 +162,7 @@ def main() -> None:
              "(fp32); every variant greedy. genarm a'=x decodes z_base + x z_rm, the convex mix at a = x/(1+x); under "
              "greedy decoding temperature matching (METHODS.md §3.3) changes nothing.", "",
              f"## Full solutions: final-answer accuracy ± s.e. (held-out, first {args.per_level} problems per level; "
-             f"max new tokens {', '.join(f'L{k} {v}' for k, v in MAX_NEW_TOKENS.items())})", "",
+             f"max new tokens {', '.join(f'L{k} {v}' for k, v in MAX_NEW_TOKENS.items() if args.levels is None or k in args.levels)})", "",
              markdown_table(solutions), "",
              f"## Next step: first equation exact and equal to the correct step's result ({next_steps['contexts']} "
              "distinct held-out step-pair contexts, 40 new tokens)", "",

@@ -36,6 +36,9 @@ def test_train_writes_a_doctor_that_generate_takes(model_folders, rewards_file, 
     assert len((out / "log.jsonl").read_text().splitlines()) == 3 and (out / "loss.png").exists()
     meta = json.loads((out / "doctor/doctor.json").read_text())
     assert meta["info"]["method"] == method
+    if method == "tfpo":  # the position ramp in log V is on by default and fitted before step 1
+        assert meta["value_ramp"] and "[tfpo] value ramp: slope=" in result.stderr
+        assert meta["info"]["value_ramp_fit"]["subtb_after"] <= meta["info"]["value_ramp_fit"]["subtb_before"]
     gen = run_cli("generate", "--prompt", "Hello", "--patient", str(model_folders["patient"]), "--doctor",
                   str(out / "doctor"), "--beta", "1", "--max-new-tokens", "4", "--device", "cpu")
     assert gen.returncode == 0, gen.stderr
@@ -45,9 +48,10 @@ def test_train_small_doctor_distils_first(model_folders, rewards_file, tmp_path)
     out = tmp_path / "small"
     result = run_cli("train", "--rewards", str(rewards_file), "--out", str(out), "--patient",
                      str(model_folders["patient"]), "--init", "small", "--layers", "1", "--keep-last", "1",
-                     "--distill-steps", "2", *TRAIN)
+                     "--distill-steps", "2", "--no-value-ramp", *TRAIN)
     assert result.returncode == 0, result.stderr
     assert "[distill] step=2/2" in result.stderr and "[tfpo] step=3/3" in result.stderr
+    assert "value ramp" not in result.stderr and not json.loads((out / "doctor/doctor.json").read_text())["value_ramp"]
     assert json.loads((out / "doctor/config.json").read_text())["num_hidden_layers"] == 1
 
 

@@ -69,6 +69,24 @@ def test_sampling_is_per_seed_and_perplexity_matches_a_direct_forward(tiny_patie
     assert row["samples"] == 4 and 0 <= row["win_rate"] <= 1 and row["tokens_per_s"] > 0
 
 
+@torch.no_grad()
+def test_patient_samples_for_distillation(tiny_patient):
+    """distill.patient_samples: `samples` sequences per prompt under the chat template, each the sampled
+    tokens plus EOS exactly when the patient stopped before the token limit."""
+    from fastdoctor import distill
+
+    model, tokenizer = tiny_patient
+    prompts = ["Hello there", "My train was late"]
+    done = evaluate.sample_completions(model, tokenizer, prompts, samples=3, seed=1000, max_new_tokens=6, top_p=0.95)
+    sequences = distill.patient_samples(model, tokenizer, prompts, samples=3, max_new_tokens=6)
+    expected = [(i, t) for i, per in enumerate(done.tokens) for t in per]  # an immediate EOS is kept as [EOS]
+    assert len(sequences) == len(expected) == 6
+    for (prompt, response), (i, tokens) in zip(sequences, expected):
+        assert prompt.tolist() == done.prompt_ids[i]
+        stopped = len(tokens) < 6
+        assert response.tolist() == tokens + ([tokenizer.eos_token_id] if stopped else [])
+
+
 def test_quickstart_prints_cached_results_without_recomputing(tmp_path, capsys):
     settings = quickstart.QuickstartSettings()
     root = tmp_path / "quickstart" / settings.digest()

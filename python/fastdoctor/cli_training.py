@@ -27,7 +27,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     examples = pipeline.scored_examples(args.rewards, tokenizer, patient)
     out = pathlib.Path(args.out)
     init = pipeline.DoctorInit(kind=args.init, lora_rank=args.lora_rank, num_layers=args.layers,
-                               keep_last=args.keep_last, value_hidden=args.value_hidden)
+                               keep_last=args.keep_last, value_hidden=args.value_hidden,
+                               value_ramp=not args.no_value_ramp)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                          lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, clip=args.clip,
                          seed=args.seed, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
@@ -47,7 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         settings = tfpo.TFPOSettings(kappa=args.kappa, terminal_log_v=None if args.free_terminal else args.terminal_log_v,
                                      gamma=args.gamma, lam=args.lam, subtb_lambda=args.subtb_lambda)
         pipeline.train_tfpo(lm, tokenizer, examples, out, config, settings, value_hidden=init.value_hidden,
-                            resume=not args.no_resume, info=info)
+                            value_ramp=init.value_ramp, resume=not args.no_resume, info=info)
     if rank == 0:
         print(f"[train] wrote {out / 'doctor'} (use it with: fastdoctor generate --doctor {out / 'doctor'})")
     return 0
@@ -82,6 +83,8 @@ def add_training_commands(sub) -> None:
     tr.add_argument("--distill-lr", type=float, default=3e-4)
     tr.add_argument("--distill-data", default="train", help="bundled positivity split whose responses are distilled on")
     tr.add_argument("--value-hidden", type=int, default=0, help="0: linear value head; else a tanh MLP of this width")
+    tr.add_argument("--no-value-ramp", action="store_true",
+                    help="no fitted position ramp in log V (the ramp removes the doctor's own log-prob drift from SubTB)")
     tr.add_argument("--kappa", type=float, default=1.0, help="log Q = kappa * cumulative reward")
     tr.add_argument("--terminal-log-v", type=float, default=0.0, help="log V pinned after the last token")
     tr.add_argument("--free-terminal", action="store_true", help="do not pin the terminal log V")

@@ -15,13 +15,12 @@ import hashlib
 import json
 import os
 import pathlib
-import shutil
 import warnings
 
 import torch
 from torch import nn
 
-from .files import atomic_directory, read_format_json
+from .files import read_format_json, staged_directory
 
 FORMAT = "fastdoctor.doctor/1"
 
@@ -172,8 +171,7 @@ def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info
     from safetensors.torch import save_file
 
     path = pathlib.Path(path)
-    staging, commit = atomic_directory(path)
-    try:
+    with staged_directory(path) as staging:
         doctor.plain_lm().save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
@@ -182,10 +180,6 @@ def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info
                 "hidden_size": hidden_size(doctor.lm.config),
                 "vocab": vocab_fingerprint(tokenizer) if tokenizer is not None else None, "info": info or {}}
         (staging / "doctor.json").write_text(json.dumps(meta, indent=2))
-        commit()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 

@@ -2,12 +2,13 @@
 previous version intact."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 def atomic_directory(path: pathlib.Path) -> tuple[pathlib.Path, Callable[[], None]]:
@@ -25,6 +26,19 @@ def atomic_directory(path: pathlib.Path) -> tuple[pathlib.Path, Callable[[], Non
         shutil.rmtree(old, ignore_errors=True)
 
     return staging, commit
+
+
+@contextlib.contextmanager
+def staged_directory(path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """`with staged_directory(path) as staging:` fill `staging`; a clean exit swaps it in for `path`
+    (atomic_directory's renames), an exception removes it and leaves `path` as it was."""
+    staging, commit = atomic_directory(path)
+    try:
+        yield staging
+        commit()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def write_json(path: pathlib.Path, payload) -> None:

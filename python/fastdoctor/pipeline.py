@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+import sys
 
 import torch
 
@@ -29,6 +30,7 @@ class DoctorInit:
     num_layers: int = 15
     keep_last: int = 7
     value_hidden: int = 0
+    value_ramp: bool = True  # TFPO: log V += slope * t + offset, fitted before training (doctor.Doctor)
 
     def __post_init__(self):
         if self.kind not in ("full", "small"):
@@ -80,7 +82,7 @@ def distill_small(patient, tokenizer, sequences, out: pathlib.Path, init: Doctor
 
 
 def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
-               settings: tfpo.TFPOSettings = tfpo.TFPOSettings(), *, value_hidden: int = 0, value_ramp: bool = False,
+               settings: tfpo.TFPOSettings = tfpo.TFPOSettings(), *, value_hidden: int = 0, value_ramp: bool = True,
                resume: bool = True, info: dict | None = None) -> Doctor:
     """TFPO on `examples`; the trained doctor is saved to <out>/doctor (atomically). With value_ramp, a
     fresh run first fits the value head's position ramp (tfpo.fit_value_ramp); a resumed one restores it."""
@@ -92,7 +94,8 @@ def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
         info["value_ramp_fit"] = fit
         if _is_main_process():
             print(f"[tfpo] value ramp: slope={fit['slope']:.3f} offset={fit['offset']:.2f} "
-                  f"subtb {fit['subtb_before']:.1f} -> {fit['subtb_after']:.1f} on {fit['pairs']} pairs", flush=True)
+                  f"subtb {fit['subtb_before']:.1f} -> {fit['subtb_after']:.1f} on {fit['pairs']} pairs", file=sys.stderr,
+                  flush=True)
     loss = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=settings, pad_id=pad_id, device=device)
     history = train(doctor, examples, loss, config, out, name="tfpo", resume=resume)
     if _is_main_process():

@@ -31,6 +31,7 @@ class QuickstartSettings:
     steps: int = 48
     batch_size: int = 8
     lr: float = 5e-4
+    value_ramp: bool = True  # the fitted position ramp in log V (doctor.Doctor); part of the cache key
     distill_steps: int = 60
     alpha: float = 1.0
     beta: float = 1.0
@@ -61,7 +62,7 @@ def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: Quickstar
     if (saved / "doctor.json").exists():
         _say(f"3/5 doctor: cached at {saved}")
         return load_doctor(saved, tokenizer=tokenizer)
-    init = DoctorInit(kind=s.doctor)
+    init = DoctorInit(kind=s.doctor, value_ramp=s.value_ramp)
     if s.doctor == "small":
         _say(f"3/5 doctor: distilling {init.num_layers} of the patient's layers (KL to the patient on its own text)")
         sequences = distill.chat_sequences(tokenizer, bundled_preferences("train"))
@@ -74,7 +75,8 @@ def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: Quickstar
     _say(f"3/5 doctor: TFPO, {s.steps} steps of {s.batch_size} pairs ({s.doctor} doctor)")
     config = TrainConfig(steps=s.steps, batch_size=s.batch_size, lr=lr, warmup_steps=max(s.steps // 10, 1),
                          log_every=4, checkpoint_every=8, seed=s.seed)
-    train_tfpo(lm, tokenizer, examples, root / "tfpo", config, info={"quickstart": dataclasses.asdict(s)})
+    train_tfpo(lm, tokenizer, examples, root / "tfpo", config, value_ramp=init.value_ramp,
+               info={"quickstart": dataclasses.asdict(s)})
     return load_doctor(saved, tokenizer=tokenizer)
 
 

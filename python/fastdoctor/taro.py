@@ -32,7 +32,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 from collections.abc import Sequence
 
 import torch
@@ -40,7 +39,7 @@ from torch import nn
 
 from . import reference
 from .doctor import pack_sequences, response_log_probs, run_lm, vocab_fingerprint
-from .files import atomic_directory, read_format_json
+from .files import read_format_json, staged_directory
 from .reasoning import Problem, StepPair, chat_prompt
 
 RM_FORMAT = "fastdoctor.taro_rm/1"
@@ -211,18 +210,13 @@ def save_reward_model(lm: nn.Module, path: str | os.PathLike, tokenizer=None, *,
     if hasattr(lm, "merge_and_unload"):
         lm = copy.deepcopy(lm).merge_and_unload()
     path = pathlib.Path(path)
-    staging, commit = atomic_directory(path)
-    try:
+    with staged_directory(path) as staging:
         lm.save_pretrained(staging, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         meta = {"format": RM_FORMAT, "vocab": vocab_fingerprint(tokenizer) if tokenizer is not None else None,
                 "info": info or {}}
         (staging / "taro_rm.json").write_text(json.dumps(meta, indent=2))
-        commit()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 
@@ -338,17 +332,12 @@ def save_router(router: Router, path: str | os.PathLike, tokenizer=None, *, info
     from safetensors.torch import save_file
 
     path = pathlib.Path(path)
-    staging, commit = atomic_directory(path)
-    try:
+    with staged_directory(path) as staging:
         save_file({k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()},
                   str(staging / "router.safetensors"))
         meta = {"format": ROUTER_FORMAT, **router.config(),
                 "vocab": vocab_fingerprint(tokenizer) if tokenizer is not None else None, "info": info or {}}
         (staging / "router.json").write_text(json.dumps(meta, indent=2))
-        commit()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 
@@ -498,8 +487,7 @@ def build_router_cache(base: nn.Module, rm: nn.Module, tokenizer, problems: Sequ
     total = sum(lengths)
     device = next(base.parameters()).device
     pad_id = _pad_id(tokenizer)
-    staging, commit = atomic_directory(path)
-    try:
+    with staged_directory(path) as staging:
         arrays = {name: np.lib.format.open_memmap(staging / f"{name}_logits.npy", mode="w+", dtype=np.float16,
                                                   shape=(total, vocab)) for name in ("base", "rm")}
         top = {name: torch.empty(total, CACHE_TOP_K, dtype=dtype) for name, dtype in
@@ -535,10 +523,6 @@ def build_router_cache(base: nn.Module, rm: nn.Module, tokenizer, problems: Sequ
         save_file({**top, "targets": targets, "offsets": offsets, "levels": levels}, str(staging / "top_k.safetensors"))
         (staging / "cache.json").write_text(json.dumps({**key, "tokens": total, "problem_ids": [p.id for p in problems]},
                                                        indent=1))
-        commit()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return RouterCache(path)
 
 

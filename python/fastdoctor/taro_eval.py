@@ -15,7 +15,6 @@ step pair, is the first equation of the greedy continuation exact and equal to t
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import pathlib

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from .files import atomic_directory
+from .files import staged_directory
 
 LossFn = Callable[[list], tuple[torch.Tensor, dict]]
 
@@ -129,8 +128,7 @@ def save_checkpoint(path: pathlib.Path, model, optimizer, step: int, signature: 
     it into place, so a crash never leaves a half-written checkpoint."""
     from safetensors.torch import save_file
 
-    staging, commit = atomic_directory(path)
-    try:
+    with staged_directory(path) as staging:
         save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(model).items()},
                   str(staging / "trainable.safetensors"))
         tensors, groups = _optimizer_to_tensors(optimizer)
@@ -141,10 +139,6 @@ def save_checkpoint(path: pathlib.Path, model, optimizer, step: int, signature: 
         save_file(rng, str(staging / "rng.safetensors"))
         (staging / "state.json").write_text(json.dumps({"step": step, "param_groups": groups,
                                                         "signature": signature}, indent=1))
-        commit()
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def load_checkpoint(path: pathlib.Path, model, optimizer, signature: dict) -> int:
