@@ -92,7 +92,9 @@ def main() -> None:
     json_path, md_path = write_results("distill" if not args.continue_from else "distill_continued", "cpu", {**run_meta("cpu"), **vars(args), "saved": str(out / "model")},
                                        rows, columns, note=f"Default patient, {len(held_out)} held-out responses "
                                        f"({rows[0]['tokens']} tokens), teacher-forced; batch {args.batch_size}, "
-                                       f"lr {args.lr}.")
+                                       f"lr {args.lr}; {len(sequences)} training sequences" +
+                                       (f" (the bundled train responses plus {args.patient_samples} fresh patient "
+                                        "samples per train prompt)" if args.patient_samples else "") + ".")
     print(f"wrote {json_path} and {md_path}")
 
 

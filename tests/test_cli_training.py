@@ -48,7 +48,7 @@ def test_train_small_doctor_distils_first(model_folders, rewards_file, tmp_path)
     out = tmp_path / "small"
     result = run_cli("train", "--rewards", str(rewards_file), "--out", str(out), "--patient",
                      str(model_folders["patient"]), "--init", "small", "--layers", "1", "--keep-last", "1",
-                     "--distill-steps", "2", "--no-value-ramp", *TRAIN)
+                     "--distill-steps", "2", "--distill-samples", "1", "--no-value-ramp", *TRAIN)
     assert result.returncode == 0, result.stderr
     assert "[distill] step=2/2" in result.stderr and "[tfpo] step=3/3" in result.stderr
     assert "value ramp" not in result.stderr and not json.loads((out / "doctor/doctor.json").read_text())["value_ramp"]

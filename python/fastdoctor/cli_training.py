@@ -35,6 +35,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
                          autocast=args.autocast)
     if init.kind == "small":
         sequences = distill.chat_sequences(tokenizer, bundled_preferences(args.distill_data))
+        if args.distill_samples:  # more of the patient's own text: what lifts held-out agreement past ~0.5
+            sequences += distill.patient_samples(patient, tokenizer,
+                                                 [p.prompt for p in bundled_preferences(args.distill_data)],
+                                                 samples=args.distill_samples)
         distill_config = dataclasses.replace(config, steps=args.distill_steps, lr=args.distill_lr)
         lm = pipeline.distill_small(patient, tokenizer, sequences, out / "distill", init, distill_config,
                                     resume=not args.no_resume)
@@ -81,6 +85,8 @@ def add_training_commands(sub) -> None:
     tr.add_argument("--keep-last", type=int, default=7, help="small doctor: how many of them are the last layers")
     tr.add_argument("--distill-steps", type=int, default=60)
     tr.add_argument("--distill-lr", type=float, default=3e-4)
+    tr.add_argument("--distill-samples", type=int, default=0,
+                    help="small doctor: also distil on this many fresh patient samples per prompt (bench: 4)")
     tr.add_argument("--distill-data", default="train", help="bundled positivity split whose responses are distilled on")
     tr.add_argument("--value-hidden", type=int, default=0, help="0: linear value head; else a tanh MLP of this width")
     tr.add_argument("--no-value-ramp", action="store_true",
