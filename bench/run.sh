@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's main command: build and install the wheel into .venv (CPU torch 2.13.0), then run the
+# Builds and installs the wheel into .venv (CPU torch 2.13.0), then runs the
 # mix-and-sample microbenchmark against the eager PyTorch chain. Results go to bench/results/.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

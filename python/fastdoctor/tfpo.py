@@ -1,5 +1,6 @@
 """TFPO losses (LLMdoctor stage 2, METHODS.md §2.3 and decisions 1-5): pure functions on masked, batched
-tensors, plus the TFPO batch loss that the trainer (train.py) drives for a doctor (doctor.py).
+tensors, plus the TFPO batch loss that the trainer (train.py) drives for a doctor (doctor.py), and
+fit_value_ramp, which sets the value head's position ramp before training (why: doctor.Doctor).
 
 Shapes: a batch of B responses, each of up to L tokens.
   rewards       [B, L]      token rewards r_1..r_L from stage 1 (0 at padding)
@@ -134,18 +135,25 @@ def examples_from_rewards(tensors: dict[str, torch.Tensor]) -> list[ScoredExampl
     return [ScoredExample(*fields) for fields in zip(prompts, chosen, rejected, r_chosen, r_rejected)]
 
 
-def tfpo_batch_loss(doctor, examples: list[ScoredExample], settings: TFPOSettings, *, pad_id: int = 0,
-                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, dict]:
-    """L_TFPO over a batch of pairs: SubTB over both responses of every pair (the rejected ones carry
-    negative rewards and so teach low flow), plus the value hinge at each pair's first divergence."""
+def _pack_pairs(examples: list[ScoredExample], pad_id: int, device):
+    """The chosen responses of the pairs, then their rejected ones, as one padded batch (doctor.pack_sequences)
+    and its [2B, L] rewards."""
     from .doctor import pack_sequences
 
-    count = len(examples)
     batch = pack_sequences([e.prompt for e in examples] * 2, [e.chosen for e in examples] + [e.rejected for e in examples],
                            pad_id).to(device)
     rewards = torch.zeros(batch.response_ids.shape, device=device)
     for row, r in enumerate([e.chosen_rewards for e in examples] + [e.rejected_rewards for e in examples]):
         rewards[row, : r.numel()] = r.to(device)
+    return batch, rewards
+
+
+def tfpo_batch_loss(doctor, examples: list[ScoredExample], settings: TFPOSettings, *, pad_id: int = 0,
+                    device: torch.device | str = "cpu") -> tuple[torch.Tensor, dict]:
+    """L_TFPO over a batch of pairs: SubTB over both responses of every pair (the rejected ones carry
+    negative rewards and so teach low flow), plus the value hinge at each pair's first divergence."""
+    count = len(examples)
+    batch, rewards = _pack_pairs(examples, pad_id, device)
     token_logp, log_v = doctor(batch)
     if settings.subtb_lambda is None:
         subtb = subtb_loss(rewards, token_logp, log_v, batch.response_mask, kappa=settings.kappa,
@@ -172,16 +180,9 @@ def tfpo_batch_loss(doctor, examples: list[ScoredExample], settings: TFPOSetting
 
 @torch.no_grad()
 def _ramp_inputs(doctor, examples, *, pad_id: int, device, batch_size: int):
-    from .doctor import pack_sequences
-
     batches = []
     for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
-        batch = pack_sequences([e.prompt for e in chunk] * 2, [e.chosen for e in chunk] + [e.rejected for e in chunk],
-                               pad_id).to(device)
-        rewards = torch.zeros(batch.response_ids.shape, device=device)
-        for row, r in enumerate([e.chosen_rewards for e in chunk] + [e.rejected_rewards for e in chunk]):
-            rewards[row, : r.numel()] = r.to(device)
+        batch, rewards = _pack_pairs(examples[start:start + batch_size], pad_id, device)
         token_logp, log_v = doctor(batch)
         t = torch.arange(log_v.shape[1], device=log_v.device, dtype=log_v.dtype)
         log_v = log_v - (doctor.value_ramp[0] * t + doctor.value_ramp[1])  # the head alone
