@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import pathlib
 import time
 
 import torch
@@ -32,7 +33,8 @@ def main() -> None:
 
     transformers.logging.disable_progress_bar()
     patient, tokenizer = load_model("default", device=args.device)
-    path = args.rewards or cache_dir() / "quickstart" / quickstart.QuickstartSettings().digest() / "rewards.safetensors"
+    path = pathlib.Path(args.rewards) if args.rewards else (
+        cache_dir() / "quickstart" / quickstart.QuickstartSettings().digest() / "rewards.safetensors")
     if not path.exists():
         acquire_rewards(patient, tokenizer, bundled_preferences("train"), path, RewardSettings(faces=FACES["positivity"]))
     examples = pipeline.scored_examples(path, tokenizer, patient)
