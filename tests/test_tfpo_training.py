@@ -76,14 +76,14 @@ def test_fit_value_ramp_lands_on_the_subtb_minimum():
     doc = doctor_lib.Doctor(tiny_model("llama", seed=4), value_hidden=8, value_ramp=True)
     examples = synthetic_examples(12, seed=5)
     settings = tfpo.TFPOSettings()
-    fit = tfpo.fit_value_ramp(doc, examples, settings, batch_size=4)
+    fit = tfpo.fit_value_ramp(doc, examples, settings, batch_size=12)  # the one batch checked below
     assert fit["subtb_after"] <= fit["subtb_before"]
     assert fit["slope"] < 0  # a random tiny LM spends ~log V nats per token: log V must fall along a response
     doc.eval()
     loss, _ = tfpo.tfpo_batch_loss(doc, examples, settings)
     doc.zero_grad()
     loss.backward()
-    assert doc.value_ramp.grad.abs().max() < 1e-2 * (1 + float(loss)), doc.value_ramp.grad
+    assert doc.value_ramp.grad.abs().max() < 1e-3 * (1 + float(loss)), doc.value_ramp.grad
     with torch.no_grad():
         for delta in ([0.05, 0.0], [0.0, 0.5], [-0.05, 0.0]):
             doc.value_ramp += torch.tensor(delta)
