@@ -423,7 +423,7 @@ def test_cli_eval(cli_runs):
     assert runs["eval"].returncode == 0, runs["eval"].stderr
     results = json.loads((root / "eval.json").read_text())
     assert [v["name"] for v in results["variants"]] == ["base", "genarm a'=1", "taro router", "rm alone"]
-    assert results["subset"]["ids"] == ["test-L1-000", "test-L2-000", "test-L3-000", "test-L4-000"]
+    assert results["subset"]["ids"] == ["test-L0-000", "test-L1-000", "test-L2-000", "test-L3-000", "test-L4-000"]
     assert all(len(r["alpha"]) == r["new_tokens"] for r in results["variants"][2]["records"])
     assert results["next_step"]["contexts"] > 0 and len(results["next_step"]["variants"]) == 4
     assert (root / "a.png").stat().st_size > 0
