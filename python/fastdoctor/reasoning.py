@@ -1,10 +1,11 @@
 """Step-wise arithmetic reasoning data for TARo: a generator, Math-Step-DPO-style pairs, a verifier, loaders.
 
 Problems are short multi-step word problems (shopping, savings, travel, baking, an orchard, reading, a
-classroom) in four difficulty levels, below them a level 0 of bare sums and differences; every solution step is one sentence with one explicit equation
-("3 trays of 12 cookies make 3 * 12 = 36 cookies."), and the solution ends with "The answer is N.".
+classroom) in four difficulty levels, with a level 0 of bare sums and differences below them; every
+solution step is one sentence with one explicit equation ("3 trays of 12 cookies make 3 * 12 = 36
+cookies."), and the solution ends with "The answer is N.".
 
-    level 0  bare arithmetic, "What is 17 + 5?", one step   (the default patient gets about a third right)
+    level 0  bare arithmetic, "What is 17 + 5?", one step   (the default patient gets one in five or fewer)
     level 1  one step, single-digit numbers, + or -        (the default patient gets some right)
     level 2  two steps, small numbers (results up to 40), + - and * by 2 or 3
     level 3  three or four steps, two-digit numbers, + - * / and "change" subtractions
@@ -435,8 +436,8 @@ _SCENARIOS = (
 
 
 # Level 0: the question is the bare sum or difference ("What is 7 + 5?") and the solution its one equation.
-# The smallest step below the word problems that SmolLM2-135M can do at all (it gets about 1 in 3 right;
-# the one-step word problems of level 1 about 1 in 10).
+# The smallest step below the word problems that SmolLM2-135M can do at all (the probe in reasoning.meta.json:
+# 0.20 greedy accuracy here, 0.10 on the one-step word problems of level 1).
 _ARITHMETIC = _Scenario(
     "arithmetic", given="What is {a}", given_ask="", product_q="", product_s="", product_ask="",
     ops=(_Op("add", "+ {n}?", "{eq}.", ""), _Op("sub", "- {n}?", "{eq}.", "")))
