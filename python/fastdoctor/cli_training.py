@@ -90,7 +90,7 @@ def add_training_commands(sub) -> None:
     tr.add_argument("--distill-data", default="train", help="bundled positivity split whose responses are distilled on")
     tr.add_argument("--value-hidden", type=int, default=0, help="0: linear value head; else a tanh MLP of this width")
     tr.add_argument("--no-value-ramp", action="store_true",
-                    help="no fitted position ramp in log V (the ramp removes the doctor's own log-prob drift from SubTB)")
+                    help="no fitted position ramp in log V (it takes the doctor's own log-prob drift out of SubTB)")
     tr.add_argument("--kappa", type=float, default=1.0, help="log Q = kappa * cumulative reward")
     tr.add_argument("--terminal-log-v", type=float, default=0.0, help="log V pinned after the last token")
     tr.add_argument("--free-terminal", action="store_true", help="do not pin the terminal log V")

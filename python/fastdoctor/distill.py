@@ -33,7 +33,8 @@ def chat_sequences(tokenizer, pairs, *, responses: str = "both") -> list[tuple[t
 
 
 def patient_samples(patient, tokenizer, prompts: Sequence[str], *, samples: int = 2, seed: int = 1000,
-                    max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 0.95) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                    max_new_tokens: int = 64, temperature: float = 1.0,
+                    top_p: float = 0.95) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(prompt ids, response ids) for `samples` fresh patient samples per prompt under the chat template (EOS
     kept when the patient emitted it). More of the patient's own text is what lets a distilled doctor
     generalise: on the 510 bundled responses alone, held-out agreement stalls while training agreement climbs."""

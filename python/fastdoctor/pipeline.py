@@ -93,9 +93,9 @@ def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
         fit = tfpo.fit_value_ramp(doctor, examples, settings, pad_id=pad_id, device=device)
         info["value_ramp_fit"] = fit
         if _is_main_process():
-            print(f"[tfpo] value ramp: slope={fit['slope']:.3f} offset={fit['offset']:.2f} "
-                  f"subtb {fit['subtb_before']:.1f} -> {fit['subtb_after']:.1f} on {fit['pairs']} pairs", file=sys.stderr,
-                  flush=True)
+            print(f"[tfpo] value ramp: slope={fit['slope']:.3f} offset={fit['offset']:.2f} subtb "
+                  f"{fit['subtb_before']:.1f} -> {fit['subtb_after']:.1f} on {fit['pairs']} pairs",
+                  file=sys.stderr, flush=True)
     loss = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=settings, pad_id=pad_id, device=device)
     history = train(doctor, examples, loss, config, out, name="tfpo", resume=resume)
     if _is_main_process():
