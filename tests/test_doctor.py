@@ -121,3 +121,26 @@ def test_corrupt_or_mismatched_doctor_gives_clear_errors(tmp_path):
     (path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="cannot load"):
         doctor_lib.load_doctor(path)
+
+
+def test_build_lm_seeds_the_lora_initialisation_and_leaves_the_global_rng_alone():
+    """peft draws LoRA A from torch's global RNG: build_lm draws it from a forked RNG seeded with `seed`, so a
+    run's doctor does not depend on what consumed random numbers before it."""
+    from fastdoctor import pipeline
+
+    patient = tiny_model("llama", seed=5)
+    init = pipeline.DoctorInit(kind="full", lora_rank=4)
+
+    def lora_a(seed):
+        lm = pipeline.build_lm(patient, init, seed=seed)
+        return torch.cat([p.detach().flatten() for n, p in lm.named_parameters() if "lora_A" in n])
+
+    torch.manual_seed(123)
+    untouched = torch.rand(3)
+    torch.manual_seed(123)
+    first = lora_a(0)
+    assert torch.equal(torch.rand(3), untouched)  # the caller's RNG stream is not advanced
+    torch.manual_seed(123)
+    torch.rand(1000)  # another history of the global RNG
+    assert torch.equal(lora_a(0), first)
+    assert not torch.equal(lora_a(1), first)

@@ -43,7 +43,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lm = pipeline.distill_small(patient, tokenizer, sequences, out / "distill", init, distill_config,
                                     resume=not args.no_resume)
     else:
-        lm = pipeline.build_lm(patient, init)
+        lm = pipeline.build_lm(patient, init, seed=args.seed)
     info = {"patient": args.patient, "init": dataclasses.asdict(init), "rewards": str(args.rewards)}
     if args.method == "genarm":
         pipeline.train_genarm(lm, tokenizer, examples, out, config, beta_r=args.beta_r, resume=not args.no_resume,

@@ -43,11 +43,16 @@ def _frozen(model):
     return model.eval()
 
 
-def build_lm(patient, init: DoctorInit):
+def build_lm(patient, init: DoctorInit, *, seed: int = 0):
     """The doctor's LM before any training: a LoRA-wrapped copy of the patient, or a reduced copy whose
-    parameters all train."""
+    parameters all train. peft draws the LoRA initialisation from torch's global RNG, so it is drawn here
+    from a forked RNG seeded with `seed`: the same seed gives the same doctor whatever ran before, and the
+    caller's RNG is left alone."""
     if init.kind == "full":
-        return attach_lora(_frozen(copy.deepcopy(patient)), rank=init.lora_rank)
+        device = next(patient.parameters()).device
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return attach_lora(_frozen(copy.deepcopy(patient)), rank=init.lora_rank)
     lm = make_doctor(patient, init.num_layers, keep_last=init.keep_last)
     for p in lm.parameters():
         p.requires_grad_(True)
@@ -72,7 +77,7 @@ def scored_examples(rewards_path: str | os.PathLike, tokenizer, patient) -> list
 def distill_small(patient, tokenizer, sequences, out: pathlib.Path, init: DoctorInit, config: TrainConfig,
                   *, resume: bool = True):
     """Distils build_lm(small) from the patient on its own text; returns the LM."""
-    lm = build_lm(patient, init)
+    lm = build_lm(patient, init, seed=config.seed)
     _frozen(patient)
     pad = tokenizer.pad_token_id or 0
     loss = functools.partial(distill.distill_batch_loss, lm, patient, pad_id=pad,

@@ -70,7 +70,7 @@ def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: Quickstar
                            init, TrainConfig(steps=s.distill_steps, batch_size=8, lr=3e-4, warmup_steps=5, log_every=10))
         lr = s.lr / 5  # all weights train here, not a LoRA adapter
     else:
-        lm = build_lm(patient, init)
+        lm = build_lm(patient, init, seed=s.seed)
         lr = s.lr
     _say(f"3/5 doctor: TFPO, {s.steps} steps of {s.batch_size} pairs ({s.doctor} doctor)")
     config = TrainConfig(steps=s.steps, batch_size=s.batch_size, lr=lr, warmup_steps=max(s.steps // 10, 1),
