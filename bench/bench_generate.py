@@ -16,14 +16,13 @@ all measured in the same run, on the same prompt and settings (top-p 0.9, temper
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import fastdoctor
 from fastdoctor import reference
-from common import run_meta, write_results
+from common import forwards_only, run_meta, write_results
+from common import median_wall_seconds as timed
 
 PROMPT = "I missed my bus this morning and then it started to rain. What should I do to cheer up?"
 
@@ -45,30 +44,6 @@ def research_loop(patient, doctor, ids, new_tokens, weights, doctor_cache: bool)
         else:
             out_d = doctor(sequence, use_cache=False)
     return sequence
-
-
-def forwards_only(patient, doctor, ids, new_tokens):
-    caches = []
-    for model in (patient, doctor):
-        caches.append(model(ids, use_cache=True, logits_to_keep=1).past_key_values)
-    mask = torch.ones_like(ids)
-    token = ids[:, -1:]
-    position = torch.full_like(token, ids.shape[1])
-    for _ in range(new_tokens - 1):
-        mask = torch.cat([mask, mask.new_ones(ids.shape[0], 1)], dim=1)
-        for i, model in enumerate((patient, doctor)):
-            caches[i] = model(token, attention_mask=mask, position_ids=position, past_key_values=caches[i],
-                              use_cache=True).past_key_values
-        position = position + 1
-
-
-def timed(fn, reps: int) -> float:
-    samples = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def main() -> None:
@@ -110,7 +85,7 @@ def main() -> None:
                                                                    max_new_tokens=new_tokens,
                                                                    min_new_tokens=new_tokens,
                                                                    pad_token_id=tokenizer.pad_token_id), reps),
-                "forwards": timed(lambda: forwards_only(patient, doctor, ids, new_tokens), reps),
+                "forwards": timed(lambda: forwards_only((patient, doctor), ids, new_tokens), reps),
             })
             t.setdefault("fastdoctor_compiled", float("nan"))
             tokens = batch * new_tokens

@@ -16,39 +16,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
+import functools
 
 import torch
 
 import fastdoctor
 from fastdoctor import taro
-from common import run_meta, write_results
+from common import forwards_only, median_wall_seconds, run_meta, write_results
 
 PROMPT = "Sam buys 3 boxes of 12 pencils and gives away 7 pencils. How many pencils does he have left?"
-
-
-def timed(fn, reps: int) -> float:
-    fn()  # warm-up
-    samples = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
-
-
-def forwards_only(models, ids, new_tokens):
-    caches = [m(ids, use_cache=True, logits_to_keep=1).past_key_values for m in models]
-    mask = torch.ones_like(ids)
-    token = ids[:, -1:]
-    position = torch.full_like(token, ids.shape[1])
-    for _ in range(new_tokens - 1):
-        mask = torch.cat([mask, mask.new_ones(ids.shape[0], 1)], dim=1)
-        for i, model in enumerate(models):
-            caches[i] = model(token, attention_mask=mask, position_ids=position, past_key_values=caches[i],
-                              use_cache=True).past_key_values
-        position = position + 1
 
 
 def main() -> None:
@@ -76,6 +52,7 @@ def main() -> None:
         return torch.stack([1 - alpha, alpha], dim=1)
 
     cases = [(1, 32), (8, 32)] if args.quick else [(1, 64), (8, 64)]
+    timed = functools.partial(median_wall_seconds, reps=args.reps, warmup=True)
     rows = []
     with torch.inference_mode():
         for batch, new_tokens in cases:
@@ -83,11 +60,10 @@ def main() -> None:
                 ids = prompt.expand(batch, -1).contiguous()
                 common = dict(doctors=[rm], max_new_tokens=new_tokens, seed=0, **extra)
                 t = {
-                    "fixed": timed(lambda: fastdoctor.generate(patient, ids, alpha=1.0, betas=[1.0], **common),
-                                   args.reps),
-                    "router": timed(lambda: fastdoctor.generate(patient, ids, router=router, **common), args.reps),
-                    "hook": timed(lambda: fastdoctor.generate(patient, ids, router=hook, **common), args.reps),
-                    "forwards": timed(lambda: forwards_only([patient, rm], ids, new_tokens), args.reps),
+                    "fixed": timed(lambda: fastdoctor.generate(patient, ids, alpha=1.0, betas=[1.0], **common)),
+                    "router": timed(lambda: fastdoctor.generate(patient, ids, router=router, **common)),
+                    "hook": timed(lambda: fastdoctor.generate(patient, ids, router=hook, **common)),
+                    "forwards": timed(lambda: forwards_only([patient, rm], ids, new_tokens)),
                 }
                 tokens = batch * new_tokens
                 row = {"batch": batch, "new_tokens": new_tokens, "sampling": sampling, "reps": args.reps,

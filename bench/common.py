@@ -51,6 +51,35 @@ def median_seconds(fn: Callable[[], object], device: str, *, min_reps: int = 5, 
     return statistics.median(samples)
 
 
+def median_wall_seconds(fn: Callable[[], object], reps: int, *, warmup: bool = False) -> float:
+    """Median wall time of `reps` calls of fn() (an optional untimed warm-up call first), for end-to-end
+    runs too long for median_seconds' adaptive repetition."""
+    if warmup:
+        fn()
+    samples = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def forwards_only(models, ids: torch.Tensor, new_tokens: int) -> None:
+    """The models' own work in KV-cached guided decoding, and nothing else: a prefill (last-position logits)
+    and then new_tokens - 1 single-token forwards per model, feeding the last prompt token back (no mixing,
+    no sampling). The denominator of the loop-overhead figures."""
+    caches = [model(ids, use_cache=True, logits_to_keep=1).past_key_values for model in models]
+    mask = torch.ones_like(ids)
+    token = ids[:, -1:]
+    position = torch.full_like(token, ids.shape[1])
+    for _ in range(new_tokens - 1):
+        mask = torch.cat([mask, mask.new_ones(ids.shape[0], 1)], dim=1)
+        for i, model in enumerate(models):
+            caches[i] = model(token, attention_mask=mask, position_ids=position, past_key_values=caches[i],
+                              use_cache=True).past_key_values
+        position = position + 1
+
+
 def peak_rss_rise(fn) -> int:
     """Bytes by which the process's peak RSS rose during fn() (Linux: VmHWM reset through clear_refs)."""
     def field(name):
