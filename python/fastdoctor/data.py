@@ -5,8 +5,9 @@ how it was generated, and positivity.meta.json for the settings and seed)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
+
+from .files import read_jsonl_objects
 
 DATASETS = pathlib.Path(__file__).resolve().parent / "datasets"
 _FIELDS = ("prompt", "chosen", "rejected")
@@ -25,24 +26,15 @@ def load_preferences(path: str | pathlib.Path) -> list[PreferencePair]:
     file and line number of the first malformed line; an empty file is an error too."""
     path = pathlib.Path(path)
     pairs = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object with {', '.join(_FIELDS)}")
-            for field in _FIELDS:
-                value = record.get(field)
-                if not isinstance(value, str):
-                    raise ValueError(f"{path}:{number}: field '{field}' is missing or not a string")
-                if not value.strip():
-                    raise ValueError(f"{path}:{number}: field '{field}' is empty")
-            pairs.append(PreferencePair(record["prompt"], record["chosen"], record["rejected"],
-                                        {k: v for k, v in record.items() if k not in _FIELDS}))
+    for number, record in read_jsonl_objects(path, f"a JSON object with {', '.join(_FIELDS)}"):
+        for field in _FIELDS:
+            value = record.get(field)
+            if not isinstance(value, str):
+                raise ValueError(f"{path}:{number}: field '{field}' is missing or not a string")
+            if not value.strip():
+                raise ValueError(f"{path}:{number}: field '{field}' is empty")
+        pairs.append(PreferencePair(record["prompt"], record["chosen"], record["rejected"],
+                                    {k: v for k, v in record.items() if k not in _FIELDS}))
     if not pairs:
         raise ValueError(f"{path}: no preference pairs (the file is empty)")
     return pairs

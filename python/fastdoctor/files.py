@@ -62,3 +62,19 @@ def read_format_json(folder: str | os.PathLike, name: str, expected_format: str,
     if meta.get("format") != expected_format:
         raise ValueError(f"{folder}/{name}: expected format {expected_format!r}, got {meta.get('format')!r}")
     return meta
+
+
+def read_jsonl_objects(path: pathlib.Path, expected: str = "a JSON object") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSONL file; a ValueError naming the file and line
+    for a line that is not JSON or not an object (`expected` says what an object should hold)."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{number}: expected {expected}")
+            yield number, record

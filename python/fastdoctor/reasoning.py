@@ -33,11 +33,12 @@ how it is generated and reasoning.meta.json for the seed, the counts and the def
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import random
 import re
 from fractions import Fraction
+
+from .files import read_jsonl_objects
 
 GENERATOR_VERSION = "2"  # 2: level 0 added; levels 1-4 are drawn exactly as in version 1
 LEVELS = (0, 1, 2, 3, 4)
@@ -826,20 +827,6 @@ def generate_step_pairs(rng: random.Random, level: int, pairs: int = 2, problem_
 # ------------------------------------------------------------------------------------------------ loaders
 
 
-def _read_jsonl(path: pathlib.Path):
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            yield number, record
-
-
 def _field(path, number, record, name, kind, *, empty_ok=False):
     value = record.get(name)
     if kind is int:
@@ -874,7 +861,7 @@ def load_problems(split: str = "train", *, path: str | pathlib.Path | None = Non
     the first malformed record; an empty file is an error too."""
     path = _bundled("problems", split, path)
     problems = []
-    for number, record in _read_jsonl(path):
+    for number, record in read_jsonl_objects(path):
         steps = record.get("steps")
         if not isinstance(steps, list) or not steps or not all(isinstance(s, str) and s.strip() for s in steps):
             raise ValueError(f"{path}:{number}: field 'steps' must be a non-empty list of non-empty strings")
@@ -892,7 +879,7 @@ def load_step_pairs(split: str = "train", *, path: str | pathlib.Path | None = N
     first malformed record; an empty file is an error too."""
     path = _bundled("steps", split, path)
     pairs = []
-    for number, record in _read_jsonl(path):
+    for number, record in read_jsonl_objects(path):
         text = {name: _field(path, number, record, name, str, empty_ok=name == "initial_reason_steps")
                 for name in ("prompt", "initial_reason_steps", "chosen", "rejected", "full_chosen", "full_rejected")}
         if text["chosen"] == text["rejected"]:
