@@ -20,7 +20,7 @@ import argparse
 import torch
 
 import fastdoctor
-from fastdoctor import reference
+import baselines
 from common import forwards_only, run_meta, write_results
 from common import median_wall_seconds as timed
 
@@ -36,7 +36,7 @@ def research_loop(patient, doctor, ids, new_tokens, weights, doctor_cache: bool)
     sequence = ids
     for _ in range(new_tokens):
         logits = [out_p.logits[:, -1], out_d.logits[:, -1]]
-        token = reference.eager_mix_sample_chain(logits, weights, temperature, top_k, top_p).unsqueeze(1)
+        token = baselines.eager_mix_sample_chain(logits, weights, temperature, top_k, top_p).unsqueeze(1)
         sequence = torch.cat([sequence, token], dim=1)
         out_p = patient(token, past_key_values=out_p.past_key_values, use_cache=True)
         if doctor_cache:

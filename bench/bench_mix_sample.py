@@ -13,7 +13,7 @@ import argparse
 import torch
 
 import fastdoctor
-from fastdoctor import reference
+import baselines
 from common import median_seconds, run_meta, write_results
 
 FILTERS = {"none": dict(top_k=0, top_p=1.0), "top-k 50": dict(top_k=50, top_p=1.0),
@@ -48,7 +48,7 @@ def main() -> None:
                 top_p = torch.full((batch,), flt["top_p"], device=device)
                 fused = median_seconds(lambda: torch.ops.fastdoctor.mixed_sampling_from_logits(
                     logits, weights, temperature, top_k, top_p, seed, step, -1), device)
-                eager = median_seconds(lambda: reference.eager_mix_sample_chain(
+                eager = median_seconds(lambda: baselines.eager_mix_sample_chain(
                     logits, weights, temperature, top_k, top_p), device, min_reps=3)
                 read_bytes = sum(z.numel() * z.element_size() for z in logits)
                 row = {"batch": batch, "vocab": vocab, "filter": name, "fused_ms": fused * 1e3,

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from fastdoctor import reference
+import baselines
 from common import median_seconds, run_meta, write_results
 
 SAMPLING = {"top-p 0.9": dict(temperature=0.9, top_p=0.9), "greedy": dict(temperature=0.0, top_p=1.0)}
@@ -53,7 +53,7 @@ def main() -> None:
             top_p = torch.full((batch,), sampling["top_p"], device=device)
             fused = median_seconds(lambda: torch.ops.fastdoctor.routed_sampling_from_logits(
                 base, rm, *router, temperature, top_k, top_p, seed, step, TOP_K_FEATURES, -1), device)
-            eager = median_seconds(lambda: reference.eager_routed_sampling_chain(
+            eager = median_seconds(lambda: baselines.eager_routed_sampling_chain(
                 base, rm, *router, temperature, top_k, top_p, TOP_K_FEATURES), device, min_reps=3)
             row = {"batch": batch, "vocab": vocab, "sampling": name, "fused_ms": fused * 1e3,
                    "eager_ms": eager * 1e3, "speedup": eager / fused}
@@ -70,7 +70,7 @@ def main() -> None:
         note=f"Base + reward-model {meta['logit_dtype']} logits; router K = {TOP_K_FEATURES}, d = {EMBED_DIM}, "
              f"H = {HIDDEN}; top-p rows at temperature 0.9; medians; speed-up = eager chain / fused op in the "
              "same run. The eager chain: torch.topk per model, embedding, Linear-tanh-Linear-sigmoid, then "
-             "reference.eager_mix_sample_chain (log_softmax per model, mix, filters, multinomial; greedy: argmax).")
+             "baselines.eager_mix_sample_chain (log_softmax per model, mix, filters, multinomial; greedy: argmax).")
     print(f"\nwrote {json_path} and {md_path}")
 
 

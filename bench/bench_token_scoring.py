@@ -37,9 +37,9 @@ def make_inputs(tokens: int, device: str):
 
 def variants(hidden, weight, targets, logits):
     return {
-        "reference": lambda: reference.target_log_probs(logits, targets),
+        "reference": lambda: reference.target_log_probs_from_logits(logits, targets),
         "fused_logits": lambda: ops.target_log_probs_from_logits(logits, targets, validate=False),
-        "reference_hidden": lambda: reference.target_log_probs(hidden @ weight.T, targets),
+        "reference_hidden": lambda: reference.target_log_probs_from_hidden(hidden, weight, targets),
         "fused_chunked": lambda: ops.target_log_probs_from_hidden(hidden, weight, targets, validate=False),
     }
 

@@ -31,7 +31,7 @@ def run_op(base, rm, router, params, k, vocab_size=None, validate=True):
 
 def run_reference(base, rm, router, params, k, vocab_size=None):
     p = {name: value.cpu() for name, value in params.items()}
-    return reference.routed_sampling_reference(
+    return reference.routed_sampling_from_logits(
         base.cpu(), rm.cpu(), *(router[n].cpu() for n in ("embedding", "w1", "b1", "w2", "b2")), p["temperature"],
         p["top_k"], p["top_p"], p["seed"], p["step"], k, vocab_size)
 
@@ -102,7 +102,7 @@ def test_alpha_of_an_nn_module_router(generator):
         _, _, alpha = ops.routed_sampling_from_logits(
             base, rm, module.embedding.weight, module.hidden.weight, module.hidden.bias, module.out.weight,
             module.out.bias, top_k_features=7, temperature=0.0)
-        from_reference = reference.router_alpha_reference(base, rm, module.embedding.weight, module.hidden.weight,
+        from_reference = reference.router_alpha(base, rm, module.embedding.weight, module.hidden.weight,
                                                           module.hidden.bias, module.out.weight, module.out.bias, 7)
     torch.testing.assert_close(alpha, expected, rtol=0, atol=1e-5)
     torch.testing.assert_close(from_reference, expected, rtol=0, atol=1e-6)
@@ -302,7 +302,7 @@ def test_fewer_finite_logits_than_k():
     masked = Z.clone()
     masked[0, 3:] = float("-inf")  # 3 finite logits, K = 5: -inf features
     _, _, alpha = call(base=masked, validate=False)
-    expected = reference.router_alpha_reference(masked, Z, *ROUTER.values(), k=5)
+    expected = reference.router_alpha(masked, Z, *ROUTER.values(), k=5)
     torch.testing.assert_close(alpha, expected, rtol=0, atol=1e-5, equal_nan=True)
     with pytest.raises(ValueError, match="router: alpha of row 0 is NaN"):
         call(base=masked)
@@ -364,7 +364,7 @@ def test_draws_follow_the_exact_routed_distribution(temperature, top_k, top_p, d
     base = (torch.randn(1, vocab, generator=g) * 1.5).to(dtypes[0])
     rm = (torch.randn(1, vocab, generator=g) * 1.5).to(dtypes[1])
     router = make_router(vocab, k, d=4, hidden=16, generator=g)
-    alpha = reference.router_alpha_reference(base, rm, *router.values(), k=k)
+    alpha = reference.router_alpha(base, rm, *router.values(), k=k)
     probs = exact_distribution([base, rm], reference.routed_mix_weights(alpha), temperature, top_k, top_p)
     tokens, logprobs, kernel_alpha = ops.routed_sampling_from_logits(
         base.expand(DRAWS, vocab), rm.expand(DRAWS, vocab), **router, top_k_features=k, temperature=temperature,

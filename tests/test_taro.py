@@ -81,7 +81,7 @@ def test_router_module_equals_reference_and_fused_op(vocab, k):
     weights = router.gating_weights()
     with torch.no_grad():
         alpha, mixed = router(base, rm)
-    ref = reference.router_alpha_reference(base, rm, weights["embedding"], weights["w1"], weights["b1"], weights["w2"],
+    ref = reference.router_alpha(base, rm, weights["embedding"], weights["w1"], weights["b1"], weights["w2"],
                                            weights["b2"], k)
     tokens, _, fused = ops.routed_sampling_from_logits(base, rm, **weights, top_k_features=k, temperature=0.0)
     torch.testing.assert_close(alpha, ref, rtol=0, atol=1e-6)
@@ -214,7 +214,7 @@ def test_alpha_trace_is_trimmed_with_the_tokens_at_eos():
 
 
 def test_sampling_with_the_router_matches_the_reference_op():
-    """Temperature 1, top-p 0.9: generate's draws equal routed_sampling_reference's on the same logits."""
+    """Temperature 1, top-p 0.9: generate's draws equal routed_sampling_from_logits's on the same logits."""
     base, rm = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
     router = random_router(scale=1.0)
     ids, mask = left_padded_prompts()
@@ -225,7 +225,7 @@ def test_sampling_with_the_router_matches_the_reference_op():
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         zb, zr = (m(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1] for m in (base, rm))
     n = ids.shape[0]
-    tokens, _, _ = reference.routed_sampling_reference(zb, zr, w["embedding"], w["w1"], w["b1"], w["w2"], w["b2"],
+    tokens, _, _ = reference.routed_sampling_from_logits(zb, zr, w["embedding"], w["w1"], w["b1"], w["w2"], w["b2"],
                                                        torch.ones(n), torch.zeros(n, dtype=torch.int64),
                                                        torch.full((n,), 0.9), torch.tensor([3, 4, 5]),
                                                        torch.zeros(n, dtype=torch.int64), top_k_features=5)

@@ -1,4 +1,4 @@
-"""Pure-PyTorch oracles for every fastdoctor op: readable, slow, and the baseline in bench/.
+"""Pure-PyTorch oracles for every fastdoctor op, each named after its op: readable and slow.
 
 Each function here states the exact semantics that the compiled CPU and CUDA kernels implement; the tests
 compare the kernels with these, and the benchmarks time the kernels against them in the same run.
@@ -132,30 +132,20 @@ def mixed_sampling_from_logits(
     return tokens, logprobs
 
 
-def eager_mix_sample_chain(
-    logits: list[torch.Tensor],
-    weights: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-) -> torch.Tensor:
-    """The eager chain research code runs today (the benchmark baseline): log_softmax per input, weighted
-    sum, temperature, top-k, sort-based top-p, softmax, multinomial. Same filtering semantics as above."""
-    mixed = sum(weights[:, k : k + 1] * torch.log_softmax(z.float(), dim=-1) for k, z in enumerate(logits))
-    scaled = mixed / temperature.unsqueeze(1)
-    log_probs = filtered_log_probs(scaled, top_k, top_p)
-    return torch.multinomial(log_probs.exp(), 1).squeeze(1)
-
-
-def target_log_probs(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """log p(targets[t] | logits[t]) for logits [T, V] via a full log_softmax (float32 [T]); 0 where ignored.
-
-    The oracle of target_log_probs_from_logits and, with logits = hidden @ weight.T, of
-    target_log_probs_from_hidden."""
+def target_log_probs_from_logits(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """The oracle of ops.target_log_probs_from_logits: log p(targets[t] | logits[t]) for logits [T, V] via a
+    full log_softmax (float32 [T]); 0 where ignored."""
     ignored = targets == ignore_index
     safe = torch.where(ignored, torch.zeros_like(targets), targets)
     picked = torch.log_softmax(logits.float(), dim=-1).gather(1, safe.unsqueeze(1)).squeeze(1)
     return torch.where(ignored, torch.zeros_like(picked), picked)
+
+
+def target_log_probs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                 ignore_index: int = -100) -> torch.Tensor:
+    """The oracle of ops.target_log_probs_from_hidden: the full logits hidden @ weight.T, then
+    target_log_probs_from_logits (the kernel never materialises them)."""
+    return target_log_probs_from_logits(hidden.float() @ weight.float().t(), targets, ignore_index)
 
 
 def token_rewards_from_face_logprobs(logp_pos: torch.Tensor, logp_neg: torch.Tensor, mask: torch.Tensor,
@@ -181,7 +171,7 @@ def token_rewards_from_face_logprobs(logp_pos: torch.Tensor, logp_neg: torch.Ten
 # h has 2K(d+1) entries. Equal logits rank by the lower token id. E is nn.Embedding(V, d).weight, (w1, b1) is
 # nn.Linear(2K(d+1), H) and (w2, b2) is nn.Linear(H, 1); alpha = sigmoid(w2 . tanh(w1 h + b1) + b2).
 
-ROUTER_MAX_TOP_K = 64
+MAX_ROUTER_TOP_K = 64  # the fused op's limit on K (csrc/kernels/router_gating.h: kMaxRouterTopK)
 
 
 def router_top_k(logits: torch.Tensor, k: int, vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,7 +202,7 @@ def router_invalid_rows(base_logits: torch.Tensor, rm_logits: torch.Tensor, voca
     return bad
 
 
-def router_alpha_reference(base_logits: torch.Tensor, rm_logits: torch.Tensor, embedding: torch.Tensor,
+def router_alpha(base_logits: torch.Tensor, rm_logits: torch.Tensor, embedding: torch.Tensor,
                            w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, k: int = 20,
                            vocab_size: int | None = None) -> torch.Tensor:
     """alpha float32 [B] = sigmoid(w2 . tanh(w1 h + b1) + b2) with h = router_features(...); w2 may be [H] or
@@ -229,7 +219,7 @@ def routed_mix_weights(alpha: torch.Tensor) -> torch.Tensor:
     return torch.stack([1.0 - alpha, alpha], dim=1)
 
 
-def routed_sampling_reference(
+def routed_sampling_from_logits(
     base_logits: torch.Tensor,
     rm_logits: torch.Tensor,
     embedding: torch.Tensor,
@@ -245,41 +235,10 @@ def routed_sampling_reference(
     top_k_features: int = 20,
     vocab_size: int | None = None,
 ):
-    """The oracle of torch.ops.fastdoctor.routed_sampling_from_logits: alpha from router_alpha_reference, then
+    """The oracle of torch.ops.fastdoctor.routed_sampling_from_logits: alpha from router_alpha, then
     mixed_sampling_from_logits (above) on weights (1 - alpha, alpha). Returns (tokens int64 [B], logprobs
     float32 [B], alpha float32 [B]); invalid rows give (-1, NaN, NaN for NaN/+inf logits)."""
-    alpha = router_alpha_reference(base_logits, rm_logits, embedding, w1, b1, w2, b2, top_k_features, vocab_size)
+    alpha = router_alpha(base_logits, rm_logits, embedding, w1, b1, w2, b2, top_k_features, vocab_size)
     tokens, logprobs = mixed_sampling_from_logits([base_logits, rm_logits], routed_mix_weights(alpha), temperature,
                                                   top_k, top_p, seed, step, vocab_size)
     return tokens, logprobs, alpha
-
-
-def eager_routed_sampling_chain(
-    base_logits: torch.Tensor,
-    rm_logits: torch.Tensor,
-    embedding: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    top_k_features: int = 20,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The eager TARo step research code runs (the benchmark baseline): torch.topk per model, embedding
-    lookup, Linear-tanh-Linear-sigmoid, then eager_mix_sample_chain with weights (1 - alpha, alpha), whose
-    greedy form (every temperature 0) is the argmax of its mix of log_softmax per model. Returns (tokens [B],
-    alpha [B])."""
-    parts = []
-    for logits in (base_logits, rm_logits):
-        values, ids = torch.topk(logits.float(), top_k_features, dim=-1)
-        parts.append(torch.cat([values.unsqueeze(-1), torch.nn.functional.embedding(ids, embedding)], -1).flatten(1))
-    hidden = torch.tanh(torch.nn.functional.linear(torch.cat(parts, dim=1), w1, b1))
-    alpha = torch.sigmoid(torch.nn.functional.linear(hidden, w2.reshape(1, -1), b2.reshape(1))).squeeze(1)
-    weights = routed_mix_weights(alpha)
-    if bool((temperature == 0).all()):
-        models = (base_logits, rm_logits)
-        mixed = sum(weights[:, k : k + 1] * torch.log_softmax(z.float(), dim=-1) for k, z in enumerate(models))
-        return mixed.argmax(dim=-1), alpha
-    return eager_mix_sample_chain([base_logits, rm_logits], weights, temperature, top_k, top_p), alpha
