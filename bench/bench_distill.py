@@ -38,8 +38,8 @@ def main() -> None:
     args = parser.parse_args()
     import transformers
 
-    from fastdoctor import distill, pipeline
-    from fastdoctor.data import bundled_preferences
+    from fastdoctor.llmdoctor import distill, recipes
+    from fastdoctor.llmdoctor.data import bundled_preferences
     from fastdoctor.models import cache_dir, load_model, make_doctor
     from fastdoctor.train import TrainConfig
 
@@ -78,10 +78,10 @@ def main() -> None:
     else:
         for layers in (6, args.layers):
             measure(f"first {layers} layers, untrained", make_doctor(patient, layers))
-        init = pipeline.DoctorInit(kind="small", num_layers=args.layers, keep_last=args.keep_last)
+        init = recipes.DoctorInit(kind="small", num_layers=args.layers, keep_last=args.keep_last)
         measure(f"{args.layers} layers (first {args.layers - args.keep_last} + last {args.keep_last}), untrained",
                 make_doctor(patient, args.layers, keep_last=args.keep_last))
-        lm = pipeline.distill_small(patient, tokenizer, sequences, out, init, config)
+        lm = recipes.distill_small(patient, tokenizer, sequences, out, init, config)
     seconds = time.time() - began
     lm.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")

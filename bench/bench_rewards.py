@@ -14,7 +14,7 @@ import torch
 import transformers
 
 import fastdoctor
-from fastdoctor import data, rewards
+from fastdoctor.llmdoctor import data, rewards
 from common import run_meta, write_results
 
 

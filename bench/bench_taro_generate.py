@@ -1,7 +1,7 @@
 """End-to-end TARo decoding speed: the learned router against fixed-alpha guidance, same models, same prompt.
 
   fixed      fastdoctor.generate(base, doctors=[rm], alpha=1, betas=[a']): the fused mix-and-sample op (GenARM)
-  router     fastdoctor.generate(base, doctors=[rm], router=Router): the fused router-gating op each step
+  router     fastdoctor.generate(base, doctors=[rm], router=RoutedSteering(router)): the fused router-gating op each step
              (top-K of both models, the router MLP, mixing and sampling in one call)
   hook       the same router as a Python weights hook (torch top-K, nn.Module forward, then the mix-and-sample op):
              what a research loop would do, for reference
@@ -61,7 +61,7 @@ def main() -> None:
                 common = dict(doctors=[rm], max_new_tokens=new_tokens, seed=0, **extra)
                 t = {
                     "fixed": timed(lambda: fastdoctor.generate(patient, ids, alpha=1.0, betas=[1.0], **common)),
-                    "router": timed(lambda: fastdoctor.generate(patient, ids, router=router, **common)),
+                    "router": timed(lambda: fastdoctor.generate(patient, ids, router=taro.RoutedSteering(router), **common)),
                     "hook": timed(lambda: fastdoctor.generate(patient, ids, router=hook, **common)),
                     "forwards": timed(lambda: forwards_only([patient, rm], ids, new_tokens)),
                 }

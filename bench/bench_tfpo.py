@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from fastdoctor import tfpo
+from fastdoctor.llmdoctor import tfpo
 from common import median_seconds, peak_rss_rise, run_meta, write_results
 
 

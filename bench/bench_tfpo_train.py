@@ -25,11 +25,12 @@ def main() -> None:
     args = parser.parse_args()
     import transformers
 
-    from fastdoctor import genarm, pipeline, quickstart, tfpo
-    from fastdoctor.data import bundled_preferences
-    from fastdoctor.doctor import Doctor
+    from fastdoctor import genarm
+    from fastdoctor.llmdoctor import quickstart, recipes, tfpo
+    from fastdoctor.llmdoctor.data import bundled_preferences
+    from fastdoctor.llmdoctor.doctor import Doctor
     from fastdoctor.models import cache_dir, load_model
-    from fastdoctor.rewards import FACES, RewardSettings, acquire_rewards
+    from fastdoctor.llmdoctor.rewards import FACES, RewardSettings, acquire_rewards
 
     transformers.logging.disable_progress_bar()
     patient, tokenizer = load_model("default", device=args.device)
@@ -37,13 +38,13 @@ def main() -> None:
         cache_dir() / "quickstart" / quickstart.QuickstartSettings().digest() / "rewards.safetensors")
     if not path.exists():
         acquire_rewards(patient, tokenizer, bundled_preferences("train"), path, RewardSettings(faces=FACES["positivity"]))
-    examples = pipeline.scored_examples(path, tokenizer, patient)
+    examples = recipes.scored_examples(path, tokenizer, patient)
     batches = [examples[i: i + 8] for i in range(0, 8 * (args.steps + 1), 8)]
     rows = []
     for name, kind, method in (("TFPO, full-size LoRA doctor", "full", "tfpo"),
                                ("TFPO, small 15-layer doctor", "small", "tfpo"),
                                ("GenARM BT, full-size LoRA", "full", "genarm")):
-        lm = pipeline.build_lm(patient, pipeline.DoctorInit(kind=kind))
+        lm = recipes.build_lm(patient, recipes.DoctorInit(kind=kind))
         doctor = Doctor(lm).to(args.device)
         if method == "tfpo":
             loss_fn = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=tfpo.TFPOSettings(), device=args.device)

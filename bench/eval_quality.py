@@ -31,8 +31,8 @@ from common import RESULTS, run_meta, write_results  # noqa: E402
 
 
 def _doctor(kind: str, patient, tokenizer, examples, root: pathlib.Path, steps: int, lr: float, small_from=None):
-    from fastdoctor import pipeline
-    from fastdoctor.doctor import load_doctor
+    from fastdoctor.llmdoctor import recipes
+    from fastdoctor.llmdoctor.doctor import load_doctor
     from fastdoctor.train import TrainConfig
 
     saved = root / "doctor"
@@ -46,11 +46,11 @@ def _doctor(kind: str, patient, tokenizer, examples, root: pathlib.Path, steps: 
             for p in lm.parameters():
                 p.requires_grad_(True)
         else:
-            lm = pipeline.build_lm(patient, pipeline.DoctorInit(kind="full"))
+            lm = recipes.build_lm(patient, recipes.DoctorInit(kind="full"))
         if kind == "genarm":
-            pipeline.train_genarm(lm, tokenizer, examples, root, config)
+            recipes.train_genarm(lm, tokenizer, examples, root, config)
         else:
-            pipeline.train_tfpo(lm, tokenizer, examples, root, config)
+            recipes.train_tfpo(lm, tokenizer, examples, root, config)
     return load_doctor(saved, tokenizer=tokenizer)
 
 
@@ -89,11 +89,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     import transformers
 
-    from fastdoctor import evaluate, quickstart
-    from fastdoctor.data import bundled_preferences
+    from fastdoctor.llmdoctor import evaluate, quickstart
+    from fastdoctor.llmdoctor.data import bundled_preferences
     from fastdoctor.models import cache_dir, load_model
-    from fastdoctor.pipeline import scored_examples
-    from fastdoctor.rewards import FACES, RewardSettings, acquire_rewards
+    from fastdoctor.llmdoctor.recipes import scored_examples
+    from fastdoctor.llmdoctor.rewards import FACES, RewardSettings, acquire_rewards
 
     transformers.logging.disable_progress_bar()
     settings = quickstart.QuickstartSettings(steps=args.steps)
@@ -138,7 +138,7 @@ def main() -> None:
                                            samples=args.samples, **sampling)
         rows.append(evaluate.summarise(name, done, patient, baseline_scores=paired))
     # Fluency of the trained doctors themselves (decision 8), teacher-forced on held-out patient text.
-    from fastdoctor import distill
+    from fastdoctor.llmdoctor import distill
 
     held_out = distill.chat_sequences(tokenizer, bundled_preferences("test"), responses="chosen")
     doctors = [("TFPO doctor", tfpo_doctor.lm), ("GenARM ARM", arm.lm)] + ([("small TFPO doctor", small.lm)] if small else [])

@@ -31,8 +31,8 @@ import torch
 
 import fastdoctor
 from fastdoctor import taro
-from fastdoctor.reasoning import load_problems, load_step_pairs
-from fastdoctor.taro_eval import (MAX_NEW_TOKENS, eval_subset, evaluate, evaluate_next_steps, markdown_table,
+from fastdoctor.taro.reasoning import load_problems, load_step_pairs
+from fastdoctor.taro.evaluate import (MAX_NEW_TOKENS, eval_subset, evaluate, evaluate_next_steps, markdown_table,
                                   plot_alpha_traces)
 from common import RESULTS, run_meta
 
@@ -48,7 +48,7 @@ def teacher_forced_table(tf: dict) -> str:
 def rm_summary(paths: list[str], threads: int) -> None:
     """taro_rm_cpu.{json,md}: held-out step-pair accuracy of the patient (the untrained RM) and of each trained
     reward model (from its taro_rm.json), on all 120 held-out pairs."""
-    from fastdoctor.reasoning import load_step_pairs
+    from fastdoctor.taro.reasoning import load_step_pairs
 
     torch.set_num_threads(threads)
     patient, tokenizer = fastdoctor.load_model("default")

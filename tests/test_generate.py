@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastdoctor
-from tiny_models import VOCAB, left_padded_prompts, tiny_model
+from conftest import VOCAB, left_padded_prompts, tiny_model
 
 FAMILIES = ["llama", "qwen2", "gpt2"]
 

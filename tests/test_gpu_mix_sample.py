@@ -7,8 +7,8 @@ import torch
 import fastdoctor
 from fastdoctor import _C
 from conftest import random_logits, run_kernel_and_reference
-from test_mix_sample import SHAPES, varied_row_params
-from test_mix_sample_stats import DRAWS, assert_follows, exact_distribution
+from conftest import SHAPES, varied_row_params
+from conftest import DRAWS, assert_follows, exact_distribution
 
 pytestmark = [
     pytest.mark.gpu,

@@ -7,8 +7,8 @@ import torch
 
 from fastdoctor import _C, ops, reference
 from conftest import random_logits, row_params
-from test_mix_sample import varied_row_params
-from test_router_gating import CASES, make_router, run_op, run_reference
+from conftest import varied_row_params
+from conftest import CASES, make_router, run_op, run_reference
 
 pytestmark = [
     pytest.mark.gpu,
@@ -67,7 +67,7 @@ def test_router_too_wide_for_shared_memory(generator):
 
 def test_cuda_draws_follow_the_exact_routed_distribution():
     pytest.importorskip("scipy.stats")
-    from test_mix_sample_stats import DRAWS, assert_follows, exact_distribution
+    from conftest import DRAWS, assert_follows, exact_distribution
     g = torch.Generator().manual_seed(17)
     vocab, k = 111, 5
     base, rm = torch.randn(1, vocab, generator=g) * 1.5, torch.randn(1, vocab, generator=g) * 1.5

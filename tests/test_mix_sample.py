@@ -7,32 +7,9 @@ import torch
 
 import fastdoctor
 from fastdoctor import reference
-from conftest import random_logits, row_params, run_kernel_and_reference
+from conftest import SHAPES, random_logits, row_params, run_kernel_and_reference, varied_row_params
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
-
-# (vocab, batch, dtypes of the K inputs): odd sizes, real vocabularies, every dtype, mixed dtypes.
-SHAPES = [
-    (1, 3, (F32,)),
-    (111, 64, (BF16, F32)),
-    (111, 1, (F16, F16, F32)),
-    (32000, 3, (F16,)),
-    (49152, 1, (BF16, BF16)),
-    (49152, 64, (F32, F16)),
-    (151936, 3, (BF16, F32)),
-    (151936, 1, (F32,)),
-]
-
-
-def varied_row_params(batch: int, vocab: int, generator: torch.Generator) -> dict:
-    """Per-row parameters that differ from row to row: greedy, plain, top-k, top-p and both together."""
-    kinds = torch.arange(batch) % 5
-    temperature = torch.where(kinds == 0, 0.0, 0.5 + torch.rand(batch, generator=generator))
-    top_k = torch.where((kinds == 2) | (kinds == 4), torch.randint(1, 60, (batch,), generator=generator), 0)
-    top_p = torch.where((kinds == 3) | (kinds == 4), 0.3 + 0.65 * torch.rand(batch, generator=generator), 1.0)
-    seed = torch.randint(-(2**62), 2**62, (batch,), generator=generator)
-    return row_params(batch, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, step=7)
-
 
 @pytest.mark.parametrize("vocab,batch,dtypes", SHAPES)
 def test_kernel_matches_reference(vocab, batch, dtypes, generator):

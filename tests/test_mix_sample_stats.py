@@ -6,40 +6,9 @@ import pytest
 import torch
 
 import fastdoctor
-from fastdoctor import reference
+from conftest import DRAWS, assert_follows, exact_distribution
 
 scipy_stats = pytest.importorskip("scipy.stats")
-
-DRAWS = 40000
-
-
-def exact_distribution(logits, weights, temperature, top_k, top_p) -> torch.Tensor:
-    mixed = reference.mix_logits(logits, weights).double()
-    divisor = temperature if temperature > 0 else 1.0
-    return reference.filtered_log_probs(mixed / divisor, torch.tensor([top_k]),
-                                        torch.tensor([top_p], dtype=torch.float64)).exp()[0]
-
-
-def assert_follows(tokens: torch.Tensor, probs: torch.Tensor) -> None:
-    counts = torch.bincount(tokens, minlength=probs.numel()).double()
-    outside = counts[probs == 0].sum().item()
-    assert outside == 0, f"{outside} draws landed outside the filtered support"
-    support = probs > 0
-    expected = probs[support] * DRAWS
-    # Pool bins with fewer than 5 expected draws, as the chi-square approximation needs.
-    small = expected < 5
-    observed = counts[support]
-    if small.any():
-        observed = torch.cat([observed[~small], observed[small].sum().reshape(1)])
-        expected = torch.cat([expected[~small], expected[small].sum().reshape(1)])
-    if observed.numel() > 1:
-        p_value = scipy_stats.chisquare(observed.numpy(), expected.numpy()).pvalue
-        assert p_value > 1e-4, f"chi-square p = {p_value:.2e}"
-    total_variation = 0.5 * (counts / DRAWS - probs).abs().sum().item()
-    # E[TV] is about sqrt(support / (2 pi N)); 3x that is far in the tail for these sizes.
-    bound = 3 * (support.sum().item() / (6.283 * DRAWS)) ** 0.5 + 1e-3
-    assert total_variation < bound, f"TV {total_variation:.4f} >= {bound:.4f}"
-
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [
     (1.0, 0, 1.0), (0.7, 7, 1.0), (1.3, 0, 0.8), (1.0, 20, 0.9), (0.5, 0, 0.95), (2.0, 3, 0.5)])

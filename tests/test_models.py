@@ -8,7 +8,7 @@ import torch
 
 import fastdoctor
 from fastdoctor import models
-from tiny_models import left_padded_prompts, tiny_model
+from conftest import left_padded_prompts, tiny_model
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])

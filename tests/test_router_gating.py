@@ -6,47 +6,9 @@ import pytest
 import torch
 
 from fastdoctor import ops, reference
-from conftest import random_logits, row_params
-from test_mix_sample import varied_row_params
+from conftest import CASES, make_router, random_logits, row_params, run_op, run_reference, varied_row_params
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
-
-
-def make_router(vocab: int, k: int, d: int, hidden: int, generator: torch.Generator, *, num_embeddings=None) -> dict:
-    """Random router parameters scaled so that alpha spreads over (0, 1) and depends on every feature."""
-    width = 2 * k * (d + 1)
-    return {
-        "embedding": torch.randn(num_embeddings or vocab, d, generator=generator),
-        "w1": torch.randn(hidden, width, generator=generator) / width**0.5,
-        "b1": torch.randn(hidden, generator=generator) * 0.1,
-        "w2": torch.randn(hidden, generator=generator) * 2 / hidden**0.5,
-        "b2": torch.randn(1, generator=generator) * 0.1,
-    }
-
-
-def run_op(base, rm, router, params, k, vocab_size=None, validate=True):
-    return ops.routed_sampling_from_logits(base, rm, **router, top_k_features=k, vocab_size=vocab_size,
-                                           validate=validate, **params)
-
-
-def run_reference(base, rm, router, params, k, vocab_size=None):
-    p = {name: value.cpu() for name, value in params.items()}
-    return reference.routed_sampling_from_logits(
-        base.cpu(), rm.cpu(), *(router[n].cpu() for n in ("embedding", "w1", "b1", "w2", "b2")), p["temperature"],
-        p["top_k"], p["top_p"], p["seed"], p["step"], k, vocab_size)
-
-
-# (batch, vocab, K, base dtype, rm dtype): odd sizes, real vocabularies, every dtype.
-CASES = [
-    (1, 111, 5, F32, F32),
-    (3, 111, 1, F16, F32),
-    (33, 111, 20, BF16, BF16),
-    (3, 32000, 20, BF16, F32),
-    (1, 32000, 5, F32, F16),
-    (33, 49152, 20, F32, BF16),
-    (3, 49152, 1, BF16, BF16),
-    (1, 49152, 20, F32, F32),
-]
 
 
 @pytest.mark.parametrize("batch,vocab,k,base_dtype,rm_dtype", CASES)
@@ -358,7 +320,7 @@ def test_opcheck():
 @pytest.mark.parametrize("dtypes", [(F32, F32), (BF16, F16)])
 def test_draws_follow_the_exact_routed_distribution(temperature, top_k, top_p, dtypes):
     pytest.importorskip("scipy.stats")
-    from test_mix_sample_stats import DRAWS, assert_follows, exact_distribution
+    from conftest import DRAWS, assert_follows, exact_distribution
     g = torch.Generator().manual_seed(17)
     vocab, k = 111, 5
     base = (torch.randn(1, vocab, generator=g) * 1.5).to(dtypes[0])
@@ -373,14 +335,3 @@ def test_draws_follow_the_exact_routed_distribution(temperature, top_k, top_p, d
     torch.testing.assert_close(kernel_alpha[:1], alpha, rtol=0, atol=1e-5)
     assert_follows(tokens, probs)
     torch.testing.assert_close(logprobs.double(), probs[tokens].log(), rtol=1e-4, atol=1e-5)
-
-
-def test_the_eager_chain_uses_the_same_alpha(generator):
-    base, rm = random_logits(4, 2000, F32, generator), random_logits(4, 2000, F32, generator)
-    router = make_router(2000, 20, d=8, hidden=32, generator=generator)
-    zeros = torch.zeros(4, dtype=torch.int64)
-    tokens, alpha = reference.eager_routed_sampling_chain(base, rm, *router.values(), torch.zeros(4), zeros,
-                                                          torch.ones(4), 20)
-    ref_tokens, _, ref_alpha = run_reference(base, rm, router, row_params(4, temperature=0.0), 20)
-    torch.testing.assert_close(alpha, ref_alpha, rtol=0, atol=1e-6)
-    assert torch.equal(tokens, ref_tokens)

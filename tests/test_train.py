@@ -12,12 +12,12 @@ import sys
 import pytest
 import torch
 
-from fastdoctor import doctor as doctor_lib
-from fastdoctor import tfpo
+from fastdoctor.llmdoctor import doctor as doctor_lib
+from fastdoctor.llmdoctor import tfpo
 from fastdoctor.train import TrainConfig, batch_indices, train
-from tiny_models import tiny_model
+from conftest import tiny_model
 
-from tfpo_data import synthetic_examples
+from conftest import synthetic_examples
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -100,10 +100,10 @@ def test_bad_input_and_bad_checkpoints(tmp_path):
 WORKER = """
 import functools, sys, torch
 sys.path.insert(0, {tests!r})
-from fastdoctor import doctor as doctor_lib, tfpo
+from fastdoctor.llmdoctor import doctor as doctor_lib, tfpo
 from fastdoctor.train import TrainConfig, init_distributed, train
-from tiny_models import tiny_model
-from tfpo_data import synthetic_examples
+from conftest import tiny_model
+from conftest import synthetic_examples
 from safetensors.torch import save_file
 rank, world = init_distributed()
 doc = doctor_lib.Doctor(tiny_model("llama", seed=0), value_hidden=8)

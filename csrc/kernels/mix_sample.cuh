@@ -13,14 +13,13 @@
 // The top-p mass histograms use float atomics, whose order can vary: a boundary within float rounding of
 // p can differ between runs (the CPU kernel is deterministic).
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
 #include <cfloat>
 #include <cstdint>
 
+#include "common.cuh"  // load_logit
 #include "mix_sample.h"
 
 namespace fastdoctor {
@@ -35,15 +34,6 @@ struct ChunkPartial {
 constexpr int kMixThreads = 256;
 constexpr int kSelectThreads = 1024;
 constexpr int kScanItems = 4;
-
-__device__ __forceinline__ float load_logit(const MixInput& in, int64_t row, int64_t i) {
-  switch (in.kind) {
-    case ScalarKind::kFloat32: return static_cast<const float*>(in.data)[row * in.row_stride + i];
-    case ScalarKind::kBFloat16:
-      return bfloat16_bits_to_float(static_cast<const uint16_t*>(in.data)[row * in.row_stride + i]);
-    default: return __half2float(static_cast<const __half*>(in.data)[row * in.row_stride + i]);
-  }
-}
 
 // Combines (max, sum_exp, argmax) pairs: the larger max wins, ties keep the smaller index.
 struct MaxSumArg {

@@ -13,20 +13,13 @@
 #pragma once
 #include <cstdint>
 
+#include "common.h"  // FD_HOST_DEVICE, ScalarKind, MixInput, is_invalid_logit, bit and key helpers
 #include "philox.h"
 
 namespace fastdoctor {
 
 constexpr int kMaxMixInputs = 8;
 constexpr int64_t kInvalidToken = -1;
-
-enum class ScalarKind : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
-
-struct MixInput {
-  const void* data;    // row r starts at data + r * row_stride elements; the vocabulary is contiguous
-  int64_t row_stride;  // in elements
-  ScalarKind kind;
-};
 
 struct MixSampleArgs {
   MixInput inputs[kMaxMixInputs];
@@ -71,41 +64,5 @@ FD_HOST_DEVICE RowParams load_row_params(const MixSampleArgs& a, int64_t row) {
 // acc + w * z, where a zero weight contributes nothing (so a masked -inf logit of an unused model does not
 // turn into 0 * -inf = NaN). No fused multiply-add: the reference rounds the product, then the sum.
 FD_HOST_DEVICE float mix_term(float acc, float w, float z) { return w != 0.0f ? acc + w * z : acc; }
-
-// NaN and +inf make a row invalid; -inf is a legitimate mask.
-FD_HOST_DEVICE bool is_invalid_logit(float s) { return !(s <= 3.402823466e+38f); }
-
-FD_HOST_DEVICE uint32_t float_as_bits(float f) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(f);
-#else
-  uint32_t bits;
-  __builtin_memcpy(&bits, &f, sizeof(bits));
-  return bits;
-#endif
-}
-
-FD_HOST_DEVICE float bits_as_float(uint32_t bits) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(bits);
-#else
-  float f;
-  __builtin_memcpy(&f, &bits, sizeof(f));
-  return f;
-#endif
-}
-
-FD_HOST_DEVICE float bfloat16_bits_to_float(uint16_t bits) { return bits_as_float(static_cast<uint32_t>(bits) << 16); }
-
-// Maps a float to a uint32 whose unsigned order is the float order (-inf < ... < -0 = +0 < ... < +inf),
-// for radix selection. -0 and +0 map to adjacent keys; they never matter as thresholds in practice.
-FD_HOST_DEVICE uint32_t float_to_ordered_key(float f) {
-  const uint32_t bits = float_as_bits(f);
-  return (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
-}
-
-FD_HOST_DEVICE float ordered_key_to_float(uint32_t key) {
-  return bits_as_float((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
-}
 
 }  // namespace fastdoctor

@@ -9,11 +9,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define FD_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define FD_HOST_DEVICE inline
-#endif
+#include "common.h"  // FD_HOST_DEVICE
 
 namespace fastdoctor {
 

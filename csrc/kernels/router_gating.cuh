@@ -13,11 +13,11 @@
 // MLP: one warp per hidden unit (strided), lanes over the 2K(d+1) features, then a fixed-order sum over warps.
 // The features sit in dynamic shared memory when they fit (2K(d+1) floats), else are gathered on the fly.
 #pragma once
-#include <cuda_fp16.h>
 #include <cub/block/block_scan.cuh>
 
 #include <cstdint>
 
+#include "common.cuh"  // load_logit
 #include "router_gating.h"
 
 namespace fastdoctor {
@@ -25,15 +25,6 @@ namespace fastdoctor {
 constexpr int kRouterThreads = 512;
 constexpr int kRouterWarps = kRouterThreads / 32;
 constexpr int kRouterMaxSharedFeatures = 10240;  // 40 KiB: with RouterShared, under the 48 KiB default limit
-
-__device__ __forceinline__ float load_router_logit(const MixInput& in, int64_t row, int64_t i) {
-  switch (in.kind) {
-    case ScalarKind::kFloat32: return static_cast<const float*>(in.data)[row * in.row_stride + i];
-    case ScalarKind::kBFloat16:
-      return bfloat16_bits_to_float(static_cast<const uint16_t*>(in.data)[row * in.row_stride + i]);
-    default: return __half2float(static_cast<const __half*>(in.data)[row * in.row_stride + i]);
-  }
-}
 
 // -0 and +0 rank as equal (ties then go by id), as in the CPU kernel and the reference.
 __device__ __forceinline__ uint32_t router_key(float x) { return float_to_ordered_key(x == 0.0f ? 0.0f : x); }
@@ -64,7 +55,7 @@ __device__ bool rank_top_k_of_row(const MixInput& in, int64_t row, int64_t n, in
     __syncthreads();
     const uint32_t prefix = sh.prefix, mask = sh.prefix_mask;
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-      const float x = load_router_logit(in, row, i);
+      const float x = load_logit(in, row, i);
       if (shift == 24) invalid |= is_invalid_logit(x);
       const uint32_t key = router_key(x);
       if ((key & mask) == prefix) atomicAdd(&sh.counts[(key >> shift) & 0xFFu], 1u);
@@ -98,7 +89,7 @@ __device__ bool rank_top_k_of_row(const MixInput& in, int64_t row, int64_t n, in
     float x = 0.0f;
     uint32_t key = 0u;
     if (i < n) {
-      x = load_router_logit(in, row, i);
+      x = load_logit(in, row, i);
       key = router_key(x);
     }
     const bool in_row = i < n;

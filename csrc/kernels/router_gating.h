@@ -18,7 +18,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "mix_sample.h"
+#include "common.h"  // FD_HOST_DEVICE, MixInput, bits_as_float
 
 namespace fastdoctor {
 

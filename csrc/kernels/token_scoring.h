@@ -11,7 +11,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "mix_sample.h"  // FD_HOST_DEVICE, ScalarKind, bits helpers
+#include "common.h"  // FD_HOST_DEVICE
 
 namespace fastdoctor {
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .doctor import pack_sequences, response_log_probs, run_lm
+from .sequences import pack_pairs, response_log_probs, run_lm
 
 
 def arm_batch_loss(lm: nn.Module, examples: Sequence, *, beta_r: float = 0.05, pad_id: int = 0,
@@ -23,8 +23,7 @@ def arm_batch_loss(lm: nn.Module, examples: Sequence, *, beta_r: float = 0.05, p
     if beta_r <= 0:
         raise ValueError(f"beta_r: expected > 0, got {beta_r}")
     count = len(examples)
-    batch = pack_sequences([e.prompt for e in examples] * 2, [e.chosen for e in examples] + [e.rejected for e in examples],
-                           pad_id).to(device)
+    batch = pack_pairs(examples, pad_id).to(device)
     reward = response_log_probs(run_lm(lm, batch).logits, batch).sum(dim=1)
     margin = reward[:count] - reward[count:]
     loss = -nn.functional.logsigmoid(beta_r * margin).mean()

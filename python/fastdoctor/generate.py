@@ -2,8 +2,9 @@
 
 Each model (the patient, then each doctor) keeps its own KV cache. The prompt is prefilled once per model,
 computing logits for the last position only. Each step runs one forward per model on the new token only,
-then one call of the fused mix-and-sample op (or, with a TARo router, of the fused router-gating op). A row that emits EOS is padded from then on, and its caches
-are never rebuilt. On a GPU the loop never waits on the device except every `eos_check_interval` steps.
+then one call of the steering object (fastdoctor.steering), which runs one fused op: mix-and-sample with fixed
+or hooked weights, or TARo's router gating. A row that emits EOS is padded from then on, and its caches are
+never rebuilt. On a GPU the loop never waits on the device except every `eos_check_interval` steps.
 """
 from __future__ import annotations
 
@@ -14,30 +15,7 @@ import torch
 
 from . import ops
 from .models import logits_width
-
-# router(logits) -> weights: given the K logit tensors [B, V] of this step (patient first), return the
-# per-row mixing weights [B, K] to use for it. A fastdoctor.taro.Router module takes the fused path instead:
-# one routed_sampling_from_logits call per step (top-K features, router MLP, mixing and sampling in one op).
-Router = Callable[[list[torch.Tensor]], torch.Tensor]
-
-
-def _taro_router(router, doctors: Sequence, device: torch.device, vocab: int):
-    """router when it is a fastdoctor.taro.Router (checked against the models), else None."""
-    from .taro import Router as TaroRouter
-
-    if not isinstance(router, TaroRouter):
-        return None
-    if len(doctors) != 1:
-        raise ValueError(f"router: a TARo Router mixes the patient with exactly one reward model (doctors=[rm]), "
-                         f"got {len(doctors)} doctors")
-    if router.vocab_size != vocab:
-        raise ValueError(f"router: built for a vocabulary of {router.vocab_size} tokens, but the models emit "
-                         f"{vocab} logits per token")
-    param = router.out.weight
-    if param.device != device:
-        raise ValueError(f"router: its parameters are on {param.device}, but the patient is on {device}")
-    return router
-
+from .steering import FixedWeights, RowSampling, Steering, as_steering
 
 def _device_of(model) -> torch.device:
     return next(model.parameters()).device
@@ -139,11 +117,10 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
     streamer=None,
-    router: Router | None = None,
+    router: Steering | Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
     vocab_size: int | None = None,
     eos_check_interval: int | None = None,
     compile: bool = False,
-    alpha_trace: list | None = None,
 ) -> torch.Tensor:
     """Sample from p_patient^alpha * prod_i p_doctor_i^beta_i, token by token, with per-model KV caches.
 
@@ -158,10 +135,10 @@ def generate(
       eos_token_id, pad_token_id: a row stops at any EOS id; later positions hold pad_token_id (default:
         the first EOS id).
       streamer: HF streamer protocol: put(prompt), then put(step_tokens [B]) each step, then end().
-      router: per-token weights hook (see Router); overrides alpha/betas when given. A fastdoctor.taro.Router
-        (with doctors=[reward_model]) runs the fused gating op each step: z = (1 - a_t) z_patient + a_t z_rm.
-      alpha_trace: a list that receives one tensor per returned new token: alpha [B] (float32) with a TARo
-        Router, the hook's weights [B, 1 + len(doctors)] with a hook (entries after a row's EOS are meaningless).
+      router: per-token steering instead of fixed alpha/betas: a steering object (fastdoctor.steering; e.g.
+        fastdoctor.taro.RoutedSteering(router) with doctors=[reward_model]), or a weights hook
+        hook(logits) -> [B, 1 + len(doctors)] (wrapped in steering.WeightsHook). Its `trace` then holds one
+        entry per returned new token (entries after a row's EOS are meaningless).
       eos_check_interval: steps between checks that every row has finished (the check waits on the
         device); default 1 on the CPU, 8 on GPUs.
       compile: static KV caches and a torch.compile'd decode step per model (compiled once per model and
@@ -191,9 +168,6 @@ def generate(
     elif attention_mask.shape != input_ids.shape or attention_mask.device != device:
         raise ValueError(f"attention_mask: expected shape {list(input_ids.shape)} on {device}, got "
                          f"{list(attention_mask.shape)} on {attention_mask.device}")
-    taro = _taro_router(router, doctors, device, vocab) if router is not None else None
-    if alpha_trace is not None and router is None:
-        raise ValueError("alpha_trace: only recorded with a router (a fastdoctor.taro.Router or a weights hook)")
     if betas is None:
         betas = [1.0] * len(doctors)
     if len(betas) != len(doctors):
@@ -205,8 +179,11 @@ def generate(
     top_k_t = ops.as_row_tensor(top_k, "top_k", batch, torch.int64, device)
     top_p_t = ops.as_row_tensor(top_p, "top_p", batch, torch.float32, device)
     ops.check_sampling_values(weights, temperature_t, top_k_t, top_p_t)
+    steering = as_steering(router) if router is not None else FixedWeights(weights)
+    steering.trace.clear()
     seeds = _row_seeds(seed, generator, batch, device)
     step = torch.zeros(batch, dtype=torch.int64, device=device)
+    sampling = RowSampling(temperature_t, top_k_t, top_p_t, seeds, step, vocab)
     eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
     eos_t = torch.tensor(eos_ids, dtype=torch.int64, device=device)
     if pad_token_id is not None:
@@ -238,20 +215,8 @@ def generate(
     invalid = torch.zeros(batch, dtype=torch.bool, device=device)
     new_tokens: list[torch.Tensor] = []
     all_finished: list[torch.Tensor] = []  # per step, on the device: trims trailing all-pad steps at the end
-    mix_and_sample = torch.ops.fastdoctor.mixed_sampling_from_logits
-    gating = taro.gating_weights() if taro is not None else None
-    trace: list[torch.Tensor] = []
     for index in range(max_new_tokens):
-        if taro is not None:
-            tokens, _, step_alpha = ops.routed_sampling_from_logits(
-                logits[0], logits[1], **gating, top_k_features=taro.k, temperature=temperature_t, top_k=top_k_t,
-                top_p=top_p_t, seed=seeds, step=step, vocab_size=vocab, validate=False)
-            trace.append(step_alpha)
-        else:
-            row_weights = router(logits) if router is not None else weights
-            if router is not None:
-                trace.append(row_weights)
-            tokens, _ = mix_and_sample(logits, row_weights, temperature_t, top_k_t, top_p_t, seeds, step, vocab)
+        tokens = steering.sample_step(logits, sampling)
         invalid |= tokens < 0
         tokens = tokens.clamp_min(0)  # a -1 (invalid logits) must not reach an embedding lookup
         if eos_ids:
@@ -282,6 +247,5 @@ def generate(
         done = torch.stack(all_finished).nonzero()
         if done.numel():
             new_tokens = new_tokens[: int(done[0, 0]) + 1]
-    if alpha_trace is not None:
-        alpha_trace.extend(trace[: len(new_tokens)])
+    del steering.trace[len(new_tokens):]
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)

@@ -91,6 +91,14 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_PATIENT, *, dtype: torc
     return model, tokenizer
 
 
+def hidden_size(config) -> int:
+    """The width of a model's hidden states, whatever its config calls it."""
+    for name in ("hidden_size", "n_embd", "d_model"):
+        if hasattr(config, name):
+            return int(getattr(config, name))
+    raise ValueError(f"cannot find the hidden size in {type(config).__name__}")
+
+
 def logits_width(model) -> int:
     """The number of logits the model emits per position (its output embedding rows)."""
     head = model.get_output_embeddings()

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from . import _C  # noqa: F401  (loads the schemas and kernels)
+from .reference import MAX_ROUTER_TOP_K
 
 MAX_MIX_INPUTS = 8
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -220,9 +221,6 @@ def token_rewards_from_face_logprobs(logp_pos: torch.Tensor, logp_neg: torch.Ten
 
 
 # --- TARo router gating -------------------------------------------------------------------------------------
-
-MAX_ROUTER_TOP_K = 64
-
 
 @torch.library.register_fake("fastdoctor::routed_sampling_from_logits")
 def _routed_sampling_from_logits_fake(base_logits, rm_logits, embedding, w1, b1, w2, b2, temperature, top_k, top_p,

@@ -18,7 +18,6 @@ import json
 import math
 import os
 import pathlib
-import sys
 import time
 from collections.abc import Callable, Sequence
 
@@ -26,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from .files import staged_directory
+from .progress import Progress
 
 LossFn = Callable[[list], tuple[torch.Tensor, dict]]
 
@@ -170,33 +170,6 @@ def load_checkpoint(path: pathlib.Path, model, optimizer, signature: dict) -> in
 
 # ---- logging ----
 
-class _Progress:
-    """A tqdm bar on a terminal; otherwise one parseable `[name] step=.. key=value ..` line every N steps."""
-
-    def __init__(self, name: str, total: int, start: int, every: int, enabled: bool):
-        self.name, self.total, self.every, self.enabled = name, total, every, enabled
-        self.bar = None
-        if enabled and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, desc=name, unit="step")
-
-    def update(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}")
-        elif record["step"] % self.every == 0 or record["step"] == self.total:
-            fields = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
-                              if k != "step")
-            print(f"[{self.name}] step={record['step']}/{self.total} {fields}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def plot_history(history: Sequence[dict], path: str | os.PathLike, keys: Sequence[str] | None = None) -> None:
     """A PNG with one panel per logged quantity against the step (matplotlib, no display needed)."""
     import matplotlib
@@ -258,7 +231,7 @@ def train(model: torch.nn.Module, examples: Sequence, loss_fn: LossFn, config: T
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         log_path.write_text("".join(json.dumps(r) + "\n" for r in history))
-    progress = _Progress(name, config.steps, start, config.log_every, enabled=rank == 0)
+    progress = Progress(name, config.steps, done=start, every=config.log_every, enabled=rank == 0)
     model.train()
     try:
         for step in range(start, config.steps):
@@ -294,7 +267,7 @@ def train(model: torch.nn.Module, examples: Sequence, loss_fn: LossFn, config: T
                       "grad_norm": float(grad_norm), "seconds": round(seconds, 4)}
             if "tokens" in totals:
                 record["tokens_per_s"] = totals["tokens"] / max(seconds, 1e-9)
-            progress.update(record)
+            progress.update({k: v for k, v in record.items() if k != "step"}, postfix="loss")
             if rank == 0:
                 history.append(record)
                 with log_path.open("a") as handle:

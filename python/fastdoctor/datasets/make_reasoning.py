@@ -1,4 +1,4 @@
-"""Generates the bundled step-wise arithmetic reasoning set for TARo (fastdoctor.reasoning), and probes the
+"""Generates the bundled step-wise arithmetic reasoning set for TARo (fastdoctor.taro.reasoning), and probes the
 default patient's accuracy on it.
 
   python -m fastdoctor.datasets.make_reasoning [--seed 0] [--probe 20] [--out DIR]
@@ -11,7 +11,7 @@ Files (JSONL, one record a line):
 Every set has the five levels (0-4) in equal numbers. No train question shares its skeleton (the question with
 the person's name and pronouns blanked out) with a held-out question, and no question appears twice.
 Each part is drawn from its own random.Random(f"{seed}/{part}/{level}"), so the files are a pure function of
-the seed and fastdoctor.reasoning.GENERATOR_VERSION (generation takes well under a second, and the tests
+the seed and fastdoctor.datasets.reasoning_generator.GENERATOR_VERSION (generation takes well under a second, and the tests
 regenerate and compare).
 
 --probe N greedy-decodes the default patient (SmolLM2-135M-Instruct, fp32, CPU) on the first N held-out
@@ -29,7 +29,8 @@ import pathlib
 import random
 import time
 
-from fastdoctor import reasoning
+from fastdoctor.datasets import reasoning_generator as generator
+from fastdoctor.taro import reasoning
 
 HERE = pathlib.Path(__file__).resolve().parent
 TEST_PER_LEVEL = 60
@@ -51,8 +52,8 @@ def build(seed: int = 0) -> dict[str, list[dict]]:
         made = 0
         while made < count:
             problem_id = f"{prefix}-L{level}-{made:03d}"
-            problem, step_pairs = reasoning.generate_step_pairs(rng, level, max(pairs, 1), problem_id)
-            skeleton = reasoning.question_skeleton(problem.question)
+            problem, step_pairs = generator.generate_step_pairs(rng, level, max(pairs, 1), problem_id)
+            skeleton = generator.question_skeleton(problem.question)
             if problem.question in seen_questions or skeleton in forbid_skeletons:
                 continue
             seen_questions.add(problem.question)
@@ -142,7 +143,7 @@ def main() -> None:
     old = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     count = lambda rows, key: dict(sorted(collections.Counter(str(r[key]) for r in rows).items()))  # noqa: E731
     meta = {"generator": "python -m fastdoctor.datasets.make_reasoning",
-            "generator_version": reasoning.GENERATOR_VERSION, "seed": args.seed,
+            "generator_version": generator.GENERATOR_VERSION, "seed": args.seed,
             "rng": "random.Random(f'{seed}/{part}/{level}') per part (test, steps, router) and level",
             "counts": {name: len(parts[name]) for name in FILES},
             "per_level": {name: count(parts[name], "level") for name in FILES},

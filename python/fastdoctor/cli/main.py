@@ -1,0 +1,125 @@
+"""The `fastdoctor` command (the commands' modules import their method only when run).
+
+  fastdoctor env                         versions, and which compiled kernels loaded
+  fastdoctor generate --prompt TEXT      stream a steered completion from the patient (+ --doctor PATH ...)
+  fastdoctor rewards --data F --out R    token-level rewards from the patient's two faces (LLMdoctor stage 1)
+  fastdoctor train --rewards R --out D    train a doctor with TFPO (or --method genarm) on a rewards file
+  fastdoctor quickstart                  LLMdoctor end to end on the default patient (offline, cached)
+  fastdoctor taro train-rm|train-router|eval   TARo reward model, router, reasoning evaluation
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import llmdoctor, taro
+
+
+def environment_report() -> dict[str, str]:
+    import torch
+
+    import fastdoctor
+    from fastdoctor import _C
+
+    info = _C.build_info()
+    try:
+        import transformers
+
+        transformers_version = transformers.__version__
+    except ImportError:
+        transformers_version = "not installed"
+    cuda_available = torch.cuda.is_available()
+    cuda_kernels = bool(info["cuda_compiled"]) and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "fastdoctor::mixed_sampling_from_logits", "CUDA")
+    cpu_kernels = torch._C._dispatch_has_kernel_for_dispatch_key("fastdoctor::mixed_sampling_from_logits", "CPU")
+    return {
+        "fastdoctor": fastdoctor.__version__,
+        "torch": torch.__version__,
+        "torch CUDA": torch.version.cuda or "none (CPU build)",
+        "transformers": transformers_version,
+        "CPU kernels": "loaded" if cpu_kernels else "missing",
+        "CUDA kernels": ("loaded" if cuda_kernels else "missing") + (
+            f" (compiled for sm_{info['cuda_archs']})" if info["cuda_compiled"] else " (built without CUDA)"),
+        "CUDA device": torch.cuda.get_device_name(0) if cuda_available else "none",
+        "ops run on": "cuda" if (cuda_available and cuda_kernels) else "cpu",
+    }
+
+
+def _cmd_env(_args: argparse.Namespace) -> int:
+    for key, value in environment_report().items():
+        print(f"{key:>14}: {value}")
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+    import transformers
+    from transformers import TextStreamer
+
+    import fastdoctor
+    from fastdoctor.models import check_same_tokenizer
+
+    transformers.logging.disable_progress_bar()  # the weight-loading bars would drown the streamed text
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = getattr(torch, args.dtype)
+    patient, tokenizer = fastdoctor.load_model(args.patient, dtype=dtype, device=device)
+    doctors = []
+    for i, path in enumerate(args.doctor):
+        doctor, doctor_tokenizer = fastdoctor.load_model(path, dtype=dtype, device=device)
+        check_same_tokenizer(tokenizer, doctor_tokenizer, name=f"--doctor {path}")
+        doctors.append(doctor)
+    betas = args.beta or [1.0] * len(doctors)
+    if len(betas) != len(doctors):
+        raise SystemExit(f"--beta: give one per --doctor ({len(doctors)}), got {len(betas)}")
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}]
+    if tokenizer.chat_template:
+        encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                return_dict=True)
+        input_ids = encoded["input_ids"]
+    else:
+        input_ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    started = time.perf_counter()
+    output = fastdoctor.generate(patient, input_ids.to(device), doctors=doctors, alpha=args.alpha, betas=betas,
+                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                 streamer=streamer)
+    elapsed = time.perf_counter() - started
+    new_tokens = output.shape[1] - input_ids.shape[1]
+    print(f"[fastdoctor] {new_tokens} new tokens in {elapsed:.2f} s: {new_tokens / elapsed:.1f} tokens/s "
+          f"({1 + len(doctors)} model(s), {device})", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastdoctor", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("env", help="print versions and which compiled kernels loaded").set_defaults(func=_cmd_env)
+    gen = sub.add_parser("generate", help="stream a completion from the patient, steered by doctors")
+    gen.add_argument("--prompt", required=True, help="the user message (the chat template is applied)")
+    gen.add_argument("--system", default=None, help="an optional system message")
+    gen.add_argument("--patient", default="default", help="HF model folder, or 'default' (SmolLM2-135M-Instruct)")
+    gen.add_argument("--doctor", action="append", default=[], help="doctor model folder (repeatable)")
+    gen.add_argument("--beta", action="append", type=float, default=[], help="weight of each doctor (repeatable)")
+    gen.add_argument("--alpha", type=float, default=1.0, help="weight of the patient")
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
+    gen.add_argument("--top-k", type=int, default=0, help="0 = off")
+    gen.add_argument("--top-p", type=float, default=0.9, help="1 = off")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    gen.set_defaults(func=_cmd_generate)
+    llmdoctor.add_commands(sub)
+    taro.add_commands(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""`fastdoctor quickstart`: LLMdoctor end to end on the embedded default patient, offline.
+
+  1. load the bundled positivity preference pairs;
+  2. acquire token-level rewards from the patient's positive and negative faces (stage 1);
+  3. train a doctor with TFPO (stage 2): by default a LoRA copy of the patient (same-size setting), or a
+     small distilled doctor (--doctor small);
+  4. sample completions for the held-out prompts with and without the doctor (stage 3);
+  5. print a side-by-side table (VADER reward, win rate, distinct-2/3, tokens/s) and example completions.
+
+Every artefact is cached under $FASTDOCTOR_CACHE/quickstart/<settings digest>/, and each stage resumes from
+what an interrupted run left, so a second run prints its table in seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import sys
+import time
+
+import torch
+
+from .. import __version__ as VERSION
+from ..models import cache_dir
+
+
+@dataclasses.dataclass(frozen=True)
+class QuickstartSettings:
+    doctor: str = "full"  # "full" (LoRA copy of the patient) or "small" (distilled)
+    steps: int = 48
+    batch_size: int = 8
+    lr: float = 5e-4
+    value_ramp: bool = True  # the fitted position ramp in log V (doctor.Doctor); part of the cache key
+    distill_steps: int = 60
+    alpha: float = 1.0
+    beta: float = 1.0
+    samples: int = 2
+    max_new_tokens: int = 48
+    top_p: float = 0.9
+    temperature: float = 1.0
+    seed: int = 0
+    faces: str = "positivity"
+
+    def digest(self) -> str:
+        blob = json.dumps({"settings": dataclasses.asdict(self), "version": VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _say(message: str) -> None:
+    print(f"[quickstart] {message}", file=sys.stderr, flush=True)
+
+
+def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: QuickstartSettings):
+    from . import distill
+    from .data import bundled_preferences
+    from .doctor import load_doctor
+    from ..train import TrainConfig
+    from .recipes import DoctorInit, build_lm, distill_small, train_tfpo
+
+    saved = root / "tfpo" / "doctor"
+    if (saved / "doctor.json").exists():
+        _say(f"3/5 doctor: cached at {saved}")
+        return load_doctor(saved, tokenizer=tokenizer)
+    init = DoctorInit(kind=s.doctor, value_ramp=s.value_ramp)
+    if s.doctor == "small":
+        _say(f"3/5 doctor: distilling {init.num_layers} of the patient's layers (KL to the patient on its own text)")
+        sequences = distill.chat_sequences(tokenizer, bundled_preferences("train"))
+        lm = distill_small(patient, tokenizer, sequences, root / "distill",
+                           init, TrainConfig(steps=s.distill_steps, batch_size=8, lr=3e-4, warmup_steps=5, log_every=10))
+        lr = s.lr / 5  # all weights train here, not a LoRA adapter
+    else:
+        lm = build_lm(patient, init, seed=s.seed)
+        lr = s.lr
+    _say(f"3/5 doctor: TFPO, {s.steps} steps of {s.batch_size} pairs ({s.doctor} doctor)")
+    config = TrainConfig(steps=s.steps, batch_size=s.batch_size, lr=lr, warmup_steps=max(s.steps // 10, 1),
+                         log_every=4, checkpoint_every=8, seed=s.seed)
+    train_tfpo(lm, tokenizer, examples, root / "tfpo", config, value_ramp=init.value_ramp,
+               info={"quickstart": dataclasses.asdict(s)})
+    return load_doctor(saved, tokenizer=tokenizer)
+
+
+def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.Path | None = None,
+        threads: int | None = None) -> dict:
+    from ..files import write_json
+    from ..models import load_model
+    from . import evaluate
+    from .data import bundled_preferences
+    from .recipes import scored_examples
+    from .rewards import FACES, RewardSettings, acquire_rewards
+
+    started = time.time()
+    if threads:
+        torch.set_num_threads(threads)
+    root = (cache or cache_dir()) / "quickstart" / settings.digest()
+    results_path = root / "results.json"
+    if results_path.exists():
+        _say(f"cached results from {root} (delete that folder to recompute)")
+        results = json.loads(results_path.read_text())
+        print(format_report(results))
+        return results
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    _say("1/5 data: the bundled positivity preference set")
+    train_pairs, test_pairs = bundled_preferences("train"), bundled_preferences("test")
+    patient, tokenizer = load_model("default")
+    rewards_path = root / "rewards.safetensors"
+    if rewards_path.exists():
+        _say(f"2/5 rewards: cached at {rewards_path}")
+    else:
+        _say(f"2/5 rewards: scoring {len(train_pairs)} pairs under the '{settings.faces}' faces")
+        acquire_rewards(patient, tokenizer, train_pairs, rewards_path,
+                        RewardSettings(faces=FACES[settings.faces]), patient_name="default")
+    examples = scored_examples(rewards_path, tokenizer, patient)
+    doctor = _train_doctor(patient, tokenizer, examples, root, settings)
+    prompts = [p.prompt for p in test_pairs]
+    sampling = dict(samples=settings.samples, seed=settings.seed, max_new_tokens=settings.max_new_tokens,
+                    temperature=settings.temperature, top_p=settings.top_p)
+    _say(f"4/5 generate: {len(prompts)} held-out prompts x {settings.samples} samples, patient alone")
+    alone = evaluate.sample_completions(patient, tokenizer, prompts, **sampling)
+    _say(f"4/5 generate: the same with the doctor (alpha {settings.alpha}, beta {settings.beta})")
+    steered = evaluate.sample_completions(patient, tokenizer, prompts, doctors=[doctor.lm], alpha=settings.alpha,
+                                          betas=[settings.beta], **sampling)
+    _say("5/5 score: VADER, distinct-n, the patient's perplexity")
+    base_row = evaluate.summarise("patient alone", alone, patient)
+    doctor_row = evaluate.summarise(f"patient + TFPO doctor (beta {settings.beta})", steered, patient,
+                                    baseline_scores=base_row["scores"])
+    results = {"settings": dataclasses.asdict(settings), "rows": [base_row, doctor_row],
+               "examples": [{"prompt": prompts[i], "patient": alone.texts[i][0], "doctor": steered.texts[i][0]}
+                            for i in range(2)],
+               "seconds": round(time.time() - started, 1), "torch": torch.__version__, "fastdoctor": VERSION}
+    write_json(results_path, results)
+    print(format_report(results))
+    return results
+
+
+def format_report(results: dict) -> str:
+    lines = ["", "| method | VADER reward (mean ± SE) | win rate vs patient | distinct-2 | distinct-3 | "
+                 "patient perplexity | tokens/s |", "|---|---|---|---|---|---|---|"]
+    for row in results["rows"]:
+        win = f"{row['win_rate']:.2f}" if "win_rate" in row else "-"
+        lines.append(f"| {row['method']} | {row['reward']:.3f} ± {row['reward_se']:.3f} | {win} | "
+                     f"{row['distinct_2']:.3f} | {row['distinct_3']:.3f} | {row['perplexity']:.1f} | "
+                     f"{row['tokens_per_s']:.1f} |")
+    for example in results["examples"]:
+        lines += ["", f"prompt:  {example['prompt']}", f"patient: {example['patient']}",
+                  f"doctor:  {example['doctor']}"]
+    lines.append(f"\n(first run took {results['seconds']} s; settings {json.dumps(results['settings'])})")
+    return "\n".join(lines)

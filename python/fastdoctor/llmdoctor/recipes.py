@@ -1,0 +1,134 @@
+"""LLMdoctor's training stages wired together: build a fluent doctor (decision 8), distil it when it is
+small, train it with TFPO on a stage-1 rewards file, or train the GenARM baseline on the same pairs. The
+CLI (`fastdoctor train`), the quickstart and the quality evaluation call these.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import os
+import pathlib
+import sys
+
+import torch
+
+from .. import genarm
+from ..lora import attach_lora
+from ..models import logits_width, make_doctor
+from ..tokens import pad_id, vocab_fingerprint
+from ..train import TrainConfig, train
+from . import distill, tfpo
+from .doctor import Doctor, save_doctor
+from .rewards import load_rewards
+
+
+@dataclasses.dataclass(frozen=True)
+class DoctorInit:
+    """kind 'full': a copy of the patient with LoRA adapters (the paper's same-size setting); 'small': the
+    patient's first num_layers - keep_last and last keep_last layers, distilled before TFPO."""
+
+    kind: str = "full"
+    lora_rank: int = 8
+    num_layers: int = 15
+    keep_last: int = 7
+    value_hidden: int = 0
+    value_ramp: bool = True  # TFPO: log V += slope * t + offset, fitted before training (doctor.Doctor)
+
+    def __post_init__(self):
+        if self.kind not in ("full", "small"):
+            raise ValueError(f"doctor init: expected 'full' or 'small', got {self.kind!r}")
+
+
+def _frozen(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def build_lm(patient, init: DoctorInit, *, seed: int = 0):
+    """The doctor's LM before any training: a LoRA-wrapped copy of the patient, or a reduced copy whose
+    parameters all train. peft draws the LoRA initialisation from torch's global RNG, so it is drawn here
+    from a forked RNG seeded with `seed`: the same seed gives the same doctor whatever ran before, and the
+    caller's RNG is left alone."""
+    if init.kind == "full":
+        device = next(patient.parameters()).device
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return attach_lora(_frozen(copy.deepcopy(patient)), rank=init.lora_rank)
+    lm = make_doctor(patient, init.num_layers, keep_last=init.keep_last)
+    for p in lm.parameters():
+        p.requires_grad_(True)
+    return lm
+
+
+def scored_examples(rewards_path: str | os.PathLike, tokenizer, patient) -> list[tfpo.ScoredExample]:
+    """The pairs of a rewards file, refused with a clear error if it was made with another tokenizer."""
+    tensors, meta = load_rewards(rewards_path)
+    if meta.get("vocab") and meta["vocab"] != vocab_fingerprint(tokenizer):
+        raise ValueError(f"{rewards_path}: the rewards were computed with another tokenizer than the patient's")
+    examples = tfpo.examples_from_rewards(tensors)
+    if not examples:
+        raise ValueError(f"{rewards_path}: the rewards file holds no pairs")
+    largest = max(int(torch.cat([e.prompt, e.chosen, e.rejected]).max()) for e in examples)
+    if largest >= logits_width(patient):
+        raise ValueError(f"{rewards_path}: token id {largest} is outside the patient's vocabulary of "
+                         f"{logits_width(patient)}; the rewards file belongs to another tokenizer")
+    return examples
+
+
+def distill_small(patient, tokenizer, sequences, out: pathlib.Path, init: DoctorInit, config: TrainConfig,
+                  *, resume: bool = True):
+    """Distils build_lm(small) from the patient on its own text; returns the LM."""
+    lm = build_lm(patient, init, seed=config.seed)
+    _frozen(patient)
+    loss = functools.partial(distill.distill_batch_loss, lm, patient, pad_id=pad_id(tokenizer),
+                             device=next(patient.parameters()).device)
+    train(lm, sequences, loss, config, out, name="distill", resume=resume)
+    return lm.eval()
+
+
+def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
+               settings: tfpo.TFPOSettings = tfpo.TFPOSettings(), *, value_hidden: int = 0, value_ramp: bool = True,
+               resume: bool = True, info: dict | None = None) -> Doctor:
+    """TFPO on `examples`; the trained doctor is saved to <out>/doctor (atomically). With value_ramp, a
+    fresh run first fits the value head's position ramp (tfpo.fit_value_ramp); a resumed one restores it."""
+    doctor = Doctor(lm, value_hidden=value_hidden, value_ramp=value_ramp)
+    pad, device = pad_id(tokenizer), next(lm.parameters()).device
+    info = dict(info or {})
+    if value_ramp and not (resume and (out / "checkpoint" / "state.json").exists()):
+        fit = tfpo.fit_value_ramp(doctor, examples, settings, pad_id=pad, device=device)
+        info["value_ramp_fit"] = fit
+        if _is_main_process():
+            print(f"[tfpo] value ramp: slope={fit['slope']:.3f} offset={fit['offset']:.2f} subtb "
+                  f"{fit['subtb_before']:.1f} -> {fit['subtb_after']:.1f} on {fit['pairs']} pairs",
+                  file=sys.stderr, flush=True)
+    loss = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=settings, pad_id=pad, device=device)
+    history = train(doctor, examples, loss, config, out, name="tfpo", resume=resume)
+    if _is_main_process():
+        save_doctor(doctor, out / "doctor", tokenizer,
+                    info={"method": "tfpo", "settings": dataclasses.asdict(settings),
+                          "config": dataclasses.asdict(config), **info, "final": history[-1] if history else None})
+    return doctor
+
+
+def train_genarm(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig, *, beta_r: float = 0.05,
+                 resume: bool = True, info: dict | None = None) -> Doctor:
+    """GenARM's autoregressive reward model on the same pairs (the baseline); saved like a doctor (its value
+    head stays at zero and is unused)."""
+    doctor = Doctor(lm)
+    for p in doctor.value_head.parameters():
+        p.requires_grad_(False)
+    loss = functools.partial(genarm.arm_batch_loss, lm, beta_r=beta_r, pad_id=pad_id(tokenizer),
+                             device=next(lm.parameters()).device)
+    history = train(doctor, examples, loss, config, out, name="genarm", resume=resume)
+    if _is_main_process():
+        save_doctor(doctor, out / "doctor", tokenizer,
+                    info={"method": "genarm", "beta_r": beta_r, "config": dataclasses.asdict(config), **(info or {}),
+                          "final": history[-1] if history else None})
+    return doctor
+
+
+def _is_main_process() -> bool:
+    """Under torchrun only process 0 writes the trained doctor."""
+    return not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0

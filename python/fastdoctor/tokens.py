@@ -1,0 +1,53 @@
+"""Tokenizer conventions shared by both methods: chat-template ids, splitting a response off its prompt,
+the one pad-id rule, and the vocabulary fingerprint that files record."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+
+def encode(tokenizer, text: str) -> torch.Tensor:
+    """Token ids of `text` as int64 [n], no special tokens added (chat templates carry their own)."""
+    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.int64)
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The chat template's ids for `messages`; with the assistant turn opened when the last one is the user's."""
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=messages[-1]["role"] == "user",
+                                            tokenize=True, return_dict=True)
+    return list(encoded["input_ids"])
+
+
+def split_response(tokenizer, messages: list[dict], response: str, index: int, which: str) -> tuple[list[int], list[int]]:
+    """(prefix ids with the generation prompt, response ids through the end-of-turn token) of `response` as
+    the assistant's reply to `messages`; `index` and `which` ('chosen', 'rejected') name it in errors."""
+    prefix = chat_ids(tokenizer, messages)
+    full = chat_ids(tokenizer, [*messages, {"role": "assistant", "content": response}])
+    if full[: len(prefix)] != prefix:
+        raise ValueError(f"pair {index}: the chat template does not extend the prompt with the {which} response; "
+                         "cannot separate response tokens")
+    tail = full[len(prefix):]
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in tail:
+        tail = tail[: tail.index(eos) + 1]  # through the end-of-turn token, not the template's trailing newline
+    if not tail or (len(tail) == 1 and tail[0] == eos):
+        raise ValueError(f"pair {index}: the {which} response is empty")
+    return prefix, tail
+
+
+def pad_id(tokenizer) -> int:
+    """The id that fills padded positions: the tokenizer's pad token, else its EOS token, else 0. Padded
+    positions are masked out everywhere, so the choice only has to be a valid id."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """A digest of the token -> id map: rewards files, doctors and routers record it, so a file made with
+    another tokenizer is refused with a clear error instead of training on mismatched ids."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(vocab.encode()).hexdigest()

@@ -1,0 +1,48 @@
+"""The `fastdoctor generate` command, end to end, on tiny models that use the default patient's tokenizer."""
+from __future__ import annotations
+
+from conftest import run_cli
+
+
+def test_generate_streams_text_and_reports_tokens_per_second(model_folders):
+    out = run_cli("generate", "--prompt", "Hello there", "--patient", str(model_folders["patient"]),
+                  "--doctor", str(model_folders["doctor"]), "--beta", "0.5", "--max-new-tokens", "6", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip(), "nothing was streamed"
+    assert "new tokens in" in out.stderr and "tokens/s (2 model(s), cpu)" in out.stderr
+
+
+def test_generate_rejects_a_doctor_with_another_tokenizer(model_folders):
+    out = run_cli("generate", "--prompt", "Hi", "--patient", str(model_folders["patient"]), "--doctor",
+                  str(model_folders["other"]), "--max-new-tokens", "2", "--device", "cpu")
+    assert out.returncode != 0
+    assert "its tokenizer differs from the patient's" in out.stderr
+
+
+def test_generate_needs_one_beta_per_doctor(model_folders):
+    out = run_cli("generate", "--prompt", "Hi", "--patient", str(model_folders["patient"]), "--doctor",
+                  str(model_folders["doctor"]), "--beta", "1", "--beta", "2", "--device", "cpu")
+    assert out.returncode != 0 and "--beta: give one per --doctor" in out.stderr
+
+
+def test_rewards_command_writes_a_rewards_file(model_folders, tmp_path):
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text('{"prompt": "Hi there", "chosen": "Hello, lovely to see you!", "rejected": "What."}\n'
+                     '{"prompt": "It rains", "chosen": "Cosy weather for tea!", "rejected": "Awful."}\n')
+    out = tmp_path / "r.safetensors"
+    result = run_cli("rewards", "--data", str(prefs), "--out", str(out), "--patient", str(model_folders["patient"]),
+                     "--faces", "positivity", "--theta", "0.2")
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stdout and "non-zero rewards" in result.stdout
+    from fastdoctor.llmdoctor import rewards
+
+    tensors, meta = rewards.load_rewards(out)
+    assert tensors["chosen_ids"].shape[0] == 2 and meta["settings"]["theta"] == 0.2
+
+
+def test_rewards_command_names_the_bad_line(model_folders, tmp_path):
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
+    result = run_cli("rewards", "--data", str(prefs), "--out", str(tmp_path / "r.safetensors"), "--patient",
+                     str(model_folders["patient"]))
+    assert result.returncode != 0 and "prefs.jsonl:2: field 'rejected' is missing" in result.stderr
