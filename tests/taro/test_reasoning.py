@@ -1,4 +1,5 @@
-"""Step-wise arithmetic reasoning data (fastdoctor.reasoning): generator, step pairs, verifier, bundled split."""
+"""Step-wise arithmetic reasoning data (fastdoctor.taro.reasoning, datasets/reasoning_generator): generator, step
+pairs, verifier, bundled split."""
 from __future__ import annotations
 
 import hashlib
