@@ -183,3 +183,18 @@ def test_compiled_static_cache_path_matches_hf_and_is_reusable():
     sampled = fastdoctor.generate(model, ids, attention_mask=mask, max_new_tokens=12, seed=[1, 2, 3], compile=True)
     eager = fastdoctor.generate(model, ids, attention_mask=mask, max_new_tokens=12, seed=[1, 2, 3])
     assert torch.equal(sampled, eager)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+def test_generate_warns_nothing(family):
+    # The KV-cache keyword goes through fastdoctor.kv_cache: no deprecation warning from transformers or torch.
+    import warnings
+
+    patient, doctor = tiny_model(family, seed=0), tiny_model(family, seed=5)
+    ids, mask = left_padded_prompts()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        warnings.simplefilter("error", DeprecationWarning)
+        out = fastdoctor.generate(patient, ids, attention_mask=mask, doctors=[doctor], betas=[0.5], seed=1,
+                                  max_new_tokens=4)
+    assert out.shape == (ids.shape[0], ids.shape[1] + 4)

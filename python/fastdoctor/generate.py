@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from . import ops
+from .kv_cache import cache_kwargs, output_cache
 from .models import logits_width
 from .steering import FixedWeights, RowSampling, Steering, as_steering
 
@@ -88,15 +89,15 @@ def _new_cache(model, static_length: int | None):
 
 
 def _prefill(model, input_ids, attention_mask, position_ids, cache):
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1, :], out.past_key_values
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :], output_cache(out)
 
 
-def _decode(forward, tokens, attention_mask, position_ids, cache):
-    out = forward(input_ids=tokens, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
-                  use_cache=True)
-    return out.logits[:, -1, :], out.past_key_values
+def _decode(model, forward, tokens, attention_mask, position_ids, cache):
+    out = forward(input_ids=tokens, attention_mask=attention_mask, position_ids=position_ids,
+                  **cache_kwargs(model, cache), use_cache=True)
+    return out.logits[:, -1, :], output_cache(out)
 
 
 @torch.inference_mode()
@@ -236,8 +237,8 @@ def generate(
         step += 1
         full_mask[:, prompt_length + index] = 1
         mask = full_mask if compile else full_mask[:, : prompt_length + index + 1]
-        for i, forward in enumerate(forwards):
-            logits[i], caches[i] = _decode(forward, tokens.unsqueeze(1), mask, next_position, caches[i])
+        for i, (model, forward) in enumerate(zip(models, forwards)):
+            logits[i], caches[i] = _decode(model, forward, tokens.unsqueeze(1), mask, next_position, caches[i])
         next_position = next_position + 1
     if streamer is not None:
         streamer.end()

@@ -13,6 +13,7 @@ import fastdoctor
 from fastdoctor import ops, reference, taro
 from fastdoctor.sequences import pack_sequences, run_lm
 from fastdoctor.taro.reasoning import Problem, StepPair
+from fastdoctor.kv_cache import cache_kwargs, output_cache
 from fastdoctor.steering import WeightsHook
 from fastdoctor.train import TrainConfig
 from conftest import VOCAB, left_padded_prompts, tiny_model
@@ -181,7 +182,7 @@ def stepwise_reference(base, rm, router, ids, mask, steps):
         alphas.append(alpha)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         outs = [m(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                  past_key_values=o.past_key_values, use_cache=True) for m, o in zip((base, rm), outs)]
+                  **cache_kwargs(m, output_cache(o)), use_cache=True) for m, o in zip((base, rm), outs)]
         next_position = next_position + 1
     return torch.stack(tokens, 1), torch.stack(alphas, 1)
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from .. import ops
+from ..kv_cache import cache_kwargs, output_cache
 from ..models import logits_width
 from ..progress import Progress
 from ..sequences import right_pad
@@ -102,12 +103,13 @@ def _score_with_shared_prefix(model, prefix: torch.Tensor, responses: list[torch
     last = out.last_hidden_state[0, -1:]
     longest = max(r.numel() for r in responses)
     if longest > 1:
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.batch_repeat_interleave(len(responses))
         batch = torch.zeros(len(responses), longest - 1, dtype=torch.int64, device=prefix.device)
         for j, r in enumerate(responses):
             batch[j, : r.numel() - 1] = r[:-1]
-        hidden = model.base_model(input_ids=batch, past_key_values=cache, use_cache=True).last_hidden_state
+        body = model.base_model
+        hidden = body(input_ids=batch, **cache_kwargs(body, cache), use_cache=True).last_hidden_state
     return [_log_probs(model, torch.cat([last, hidden[j, : r.numel() - 1]]) if r.numel() > 1 else last, r, weight,
                        chunk_size) for j, r in enumerate(responses)]
 
