@@ -9,18 +9,9 @@
 #include <vector>
 
 #include "../kernels/mix_sample.h"
+#include "logit_args.h"
 
 namespace fastdoctor {
-
-inline ScalarKind scalar_kind_of(const at::Tensor& t, int64_t index) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return ScalarKind::kFloat32;
-    case at::kBFloat16: return ScalarKind::kBFloat16;
-    case at::kHalf: return ScalarKind::kFloat16;
-    default:
-      TORCH_CHECK_TYPE(false, "logits[", index, "]: expected float32, bfloat16 or float16, got ", t.scalar_type());
-  }
-}
 
 inline void check_row_param(const at::Tensor& t, const char* name, at::ScalarType dtype, int64_t batch,
                             const at::Device& device) {

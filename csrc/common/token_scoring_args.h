@@ -3,7 +3,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
-#include "mix_sample_args.h"
+#include "logit_args.h"
 
 namespace fastdoctor {
 

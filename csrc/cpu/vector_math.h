@@ -6,7 +6,7 @@
 #include <cstring>
 #include <limits>
 
-#include "../kernels/mix_sample.h"
+#include "../kernels/common.h"  // ScalarKind, bfloat16_bits_to_float
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 // Feature-based clones (an "arch=" clone would be picked only on that exact CPU model). Results do not
