@@ -29,7 +29,7 @@ def _check_models(patient, doctors: Sequence, device: torch.device, vocab_size: 
             raise ValueError(f"doctors[{i}]: on {_device_of(doctor)}, but the patient is on {device}; "
                              "put every model on one device")
     if vocab_size is not None:
-        if not 0 < vocab_size <= min(widths):
+        if not _is_int(vocab_size) or not 0 < vocab_size <= min(widths):
             raise ValueError(f"vocab_size: expected 1..{min(widths)} (the smallest logits width), got {vocab_size}")
         return vocab_size
     for i, width in enumerate(widths[1:]):
@@ -46,9 +46,63 @@ def _row_seeds(seed, generator: torch.Generator | None, batch: int, device: torc
     if seed is None:
         drawn = torch.randint(-(2**62), 2**62, (batch,), generator=generator, dtype=torch.int64)
         return drawn.to(device)
-    if isinstance(seed, int) and not isinstance(seed, bool):
+    if _is_int(seed):
+        if not -(2**63) <= seed <= 2**63 - batch:
+            raise ValueError(f"seed: expected an int64 (row r uses seed + r), got {seed}")
         return torch.arange(batch, dtype=torch.int64, device=device) + seed
     return ops.as_row_tensor(seed, "seed", batch, torch.int64, device)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not to us
+
+
+def _special_ids(eos_token_id, pad_token_id, vocab: int) -> tuple[list[int], int]:
+    """(EOS ids, pad id), checked to be token ids of this vocabulary."""
+    if eos_token_id is None:
+        eos_ids = []
+    elif _is_int(eos_token_id):
+        eos_ids = [eos_token_id]
+    elif isinstance(eos_token_id, (list, tuple)) and all(_is_int(e) for e in eos_token_id):
+        eos_ids = list(eos_token_id)
+    else:
+        raise TypeError(f"eos_token_id: expected an int or a list of ints, got {eos_token_id!r}")
+    if pad_token_id is not None and not _is_int(pad_token_id):
+        raise TypeError(f"pad_token_id: expected an int, got {pad_token_id!r}")
+    for name, ids in (("eos_token_id", eos_ids), ("pad_token_id", [] if pad_token_id is None else [pad_token_id])):
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise ValueError(f"{name}: {bad} outside the vocabulary [0, {vocab})")
+    pad = pad_token_id if pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    return eos_ids, pad
+
+
+def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, models) -> None:
+    """Left padding only, no empty row, ids inside the embedding table, and room for every new position."""
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise ValueError("attention_mask: expected 0 (padding) and 1 (token) only")
+    lengths = attention_mask.sum(dim=1)
+    if bool((lengths == 0).any()):
+        rows = (lengths == 0).nonzero().flatten().tolist()
+        raise ValueError(f"attention_mask: rows {rows} are all padding; every prompt needs a token")
+    if bool((attention_mask[:, 1:] < attention_mask[:, :-1]).any()):
+        rows = (attention_mask[:, 1:] < attention_mask[:, :-1]).any(dim=1).nonzero().flatten().tolist()
+        raise ValueError(f"attention_mask: rows {rows} are right-padded; generate continues after the last column, "
+                         "so pad prompts on the left (tokenizer.padding_side = 'left')")
+    embeddings = models[0].get_input_embeddings()
+    if embeddings is not None and hasattr(embeddings, "num_embeddings"):
+        real = input_ids[attention_mask == 1]
+        if bool(((real < 0) | (real >= embeddings.num_embeddings)).any()):
+            raise ValueError(f"input_ids: token ids outside the patient's embedding table [0, "
+                             f"{embeddings.num_embeddings})")
+    needed = int(lengths.max()) + max_new_tokens
+    for index, model in enumerate(models):
+        limit = next((getattr(model.config, n) for n in ("max_position_embeddings", "n_positions")
+                      if getattr(model.config, n, None)), None)
+        if limit is not None and needed > limit:
+            who = "the patient" if index == 0 else f"doctors[{index - 1}]"
+            raise ValueError(f"max_new_tokens: the longest prompt ({int(lengths.max())} tokens) plus "
+                             f"{max_new_tokens} new tokens needs {needed} positions, more than {who}'s {limit}")
 
 
 _COMPILED_DECODE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -156,7 +210,7 @@ def generate(
     if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids: expected a non-empty prompt of shape [batch, length], got "
                          f"{list(input_ids.shape)}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
     doctors = list(doctors)
     device = _device_of(patient)
@@ -166,9 +220,11 @@ def generate(
     batch = input_ids.shape[0]
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    elif attention_mask.shape != input_ids.shape or attention_mask.device != device:
-        raise ValueError(f"attention_mask: expected shape {list(input_ids.shape)} on {device}, got "
-                         f"{list(attention_mask.shape)} on {attention_mask.device}")
+    elif not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape or \
+            attention_mask.device != device:
+        raise ValueError(f"attention_mask: expected a tensor of shape {list(input_ids.shape)} on {device}, got "
+                         f"{attention_mask!r:.80}")
+    _check_prompt(input_ids, attention_mask, max_new_tokens, [patient, *doctors])
     if betas is None:
         betas = [1.0] * len(doctors)
     if len(betas) != len(doctors):
@@ -185,12 +241,10 @@ def generate(
     seeds = _row_seeds(seed, generator, batch, device)
     step = torch.zeros(batch, dtype=torch.int64, device=device)
     sampling = RowSampling(temperature_t, top_k_t, top_p_t, seeds, step, vocab)
-    eos_ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    eos_ids, pad = _special_ids(eos_token_id, pad_token_id, vocab)
     eos_t = torch.tensor(eos_ids, dtype=torch.int64, device=device)
-    if pad_token_id is not None:
-        pad = pad_token_id
-    else:
-        pad = eos_ids[0] if eos_ids else 0
+    if eos_check_interval is not None and (not _is_int(eos_check_interval) or eos_check_interval < 1):
+        raise ValueError(f"eos_check_interval: expected an int >= 1, got {eos_check_interval!r}")
     interval = eos_check_interval or (1 if device.type == "cpu" else 8)
 
     if streamer is not None:

@@ -42,9 +42,16 @@ def as_row_tensor(value: RowParam, name: str, batch: int, dtype: torch.dtype, de
     elif isinstance(value, (int, float)):
         if isinstance(value, float) and not dtype.is_floating_point:
             raise TypeError(f"{name}: expected an integer, got {value!r}")
+        if isinstance(value, int) and dtype == torch.int64 and not -(2**63) <= value < 2**63:
+            raise ValueError(f"{name}: {value} does not fit in int64")
         return torch.full((batch,), value, dtype=dtype, device=device)
-    elif isinstance(value, Sequence):
-        tensor = torch.tensor(list(value), device=device)
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+            raise TypeError(f"{name}: expected numbers, got {list(value)!r:.80}")
+        try:
+            tensor = torch.tensor(list(value), device=device)
+        except (OverflowError, RuntimeError, ValueError) as error:
+            raise ValueError(f"{name}: {list(value)!r:.80} does not fit in {dtype} ({error})") from None
         if tensor.dtype.is_floating_point and not dtype.is_floating_point:
             raise TypeError(f"{name}: expected integers, got {list(value)!r}")
     else:

@@ -73,6 +73,16 @@ class WeightsHook:
 
     def sample_step(self, logits: list[torch.Tensor], sampling: RowSampling) -> torch.Tensor:
         weights = self.hook(logits)
+        expected = (logits[0].shape[0], len(logits))
+        if not isinstance(weights, torch.Tensor) or weights.shape != expected or not weights.dtype.is_floating_point:
+            raise ValueError(f"router: the weights hook must return a float tensor of shape {list(expected)} (one "
+                             f"weight per row and model), got {weights!r:.80}")
+        if weights.device != logits[0].device:
+            raise ValueError(f"router: the weights hook returned weights on {weights.device}, the logits are on "
+                             f"{logits[0].device}")
+        if not bool(torch.isfinite(weights).all()):  # a Python hook already costs a sync; name the culprit
+            raise ValueError(f"router: the weights hook returned NaN or inf at step {int(sampling.step.max())}")
+        weights = weights.to(torch.float32).contiguous()
         self.trace.append(weights)
         return mix_and_sample(logits, weights, sampling)
 
