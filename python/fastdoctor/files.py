@@ -11,21 +11,67 @@ import tempfile
 from collections.abc import Callable, Iterator
 
 
+def _fsync(path: pathlib.Path) -> None:
+    """Flush a file, or a folder's entries, to disk (a rename is only as durable as what it renames)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: pathlib.Path) -> None:
+    for item in folder.rglob("*"):
+        if item.is_file():
+            _fsync(item)
+    for item in [*sorted(p for p in folder.rglob("*") if p.is_dir()), folder]:
+        _fsync(item)
+
+
+def recover_directory(path: pathlib.Path) -> None:
+    """Finishes or undoes a commit that a kill interrupted, then removes stale staging folders.
+
+    A commit renames `path` to a unique `.<name>.old-*` sibling, then the staging folder to `path`. Killed
+    between the two, `path` is missing and the old version is intact beside it: it is put back. Staging
+    folders (`.<name>.stage-*`) are never complete versions and are removed."""
+    path = pathlib.Path(path)
+    if not path.parent.is_dir():
+        return
+    olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not path.exists():
+        os.replace(olds.pop(), path)
+    for stale in [*olds, *path.parent.glob(f".{path.name}.stage-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def atomic_directory(path: pathlib.Path) -> tuple[pathlib.Path, Callable[[], None]]:
-    """(a temporary sibling folder to fill, commit). commit() swaps the folder in with renames; on failure
-    the caller removes the staging folder."""
+    """(a temporary sibling folder to fill, commit). commit() fsyncs the staged files and swaps the folder in
+    with two renames; a kill between them is undone by recover_directory, which runs here first. On failure
+    the caller removes the staging folder. Staging and old names are unique, so two writers cannot collide."""
+    path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    recover_directory(path)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.stage-", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; a committed folder follows the user's umask
 
     def commit() -> None:
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
+        _fsync_tree(staging)
+        old = None
         if path.exists():
-            os.replace(path, old)
+            old = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old)  # replaces the empty placeholder folder
         os.replace(staging, path)
-        shutil.rmtree(old, ignore_errors=True)
+        _fsync(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
     return staging, commit
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -42,11 +88,20 @@ def staged_directory(path: pathlib.Path) -> Iterator[pathlib.Path]:
 
 
 def write_json(path: pathlib.Path, payload) -> None:
-    """Atomic JSON write (temporary file, then rename)."""
+    """Atomic JSON write (a unique temporary file, fsynced, then renamed)."""
+    path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(payload, indent=1))
-    os.replace(temporary, path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(payload, indent=1))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())
+        os.replace(temporary, path)
+    except BaseException:
+        pathlib.Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def read_format_json(folder: str | os.PathLike, name: str, expected_format: str, kind: str) -> dict:
@@ -57,8 +112,10 @@ def read_format_json(folder: str | os.PathLike, name: str, expected_format: str,
         meta = json.loads((folder / name).read_text())
     except FileNotFoundError:
         raise ValueError(f"{folder}: not a {kind} (no {name})") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{folder}/{name}: corrupt ({error})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{folder}/{name}: expected a JSON object, got {type(meta).__name__}")
     if meta.get("format") != expected_format:
         raise ValueError(f"{folder}/{name}: expected format {expected_format!r}, got {meta.get('format')!r}")
     return meta
@@ -67,8 +124,12 @@ def read_format_json(folder: str | os.PathLike, name: str, expected_format: str,
 def read_jsonl_objects(path: pathlib.Path, expected: str = "a JSON object") -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSONL file; a ValueError naming the file and line
     for a line that is not JSON or not an object (`expected` says what an object should hold)."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({error.reason} at byte {error.start})") from None
             if not line.strip():
                 continue
             try:

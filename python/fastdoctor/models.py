@@ -86,9 +86,21 @@ def load_model(name_or_path: str | os.PathLike = DEFAULT_PATIENT, *, dtype: torc
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model: {path} is not a Hugging Face model folder (no config.json); pass "
                                 f"'{DEFAULT_PATIENT}' for the embedded default patient")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(device).eval()
+    check_safetensors_folder(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                 use_safetensors=True).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tokenizer
+
+
+def check_safetensors_folder(path: pathlib.Path) -> None:
+    """Weights load from safetensors only: unpickling a .bin file can run arbitrary code."""
+    if not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        hint = (f"; it holds pickle-format weights ({', '.join(pickled)}), which fastdoctor does not load: convert "
+                "them once, in a session you trust, with AutoModelForCausalLM.from_pretrained(folder)"
+                ".save_pretrained(folder, safe_serialization=True)") if pickled else ""
+        raise ValueError(f"model: {path} has no .safetensors weights{hint}")
 
 
 def hidden_size(config) -> int:

@@ -216,14 +216,21 @@ def target_log_probs_from_hidden(hidden: torch.Tensor, weight: torch.Tensor, tar
 
 def token_rewards_from_face_logprobs(logp_pos: torch.Tensor, logp_neg: torch.Tensor, mask: torch.Tensor,
                                      sign: torch.Tensor, *, tau: float = 1.0, theta: float = 0.0,
-                                     eps: float = 1e-6) -> torch.Tensor:
+                                     eps: float = 1e-6, validate: bool = True) -> torch.Tensor:
     """LLMdoctor token rewards over a padded batch [B, T] (see reference.token_rewards_from_face_logprobs):
-    the mean runs over each response's own valid tokens; sign is +1 for chosen and -1 for rejected rows."""
+    the mean runs over each response's own valid tokens; sign is +1 for chosen and -1 for rejected rows.
+    validate: refuse NaN face log-probs at valid positions (reads device memory)."""
     for name, value in (("tau", tau), ("eps", eps)):
         if not value > 0:
             raise ValueError(f"{name}: expected > 0, got {value}")
     if not 0 <= theta < 1:
         raise ValueError(f"theta: expected a threshold in [0, 1) (S = tanh(.) lies in [0, 1)), got {theta}")
+    if validate and isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+        for name, values in (("logp_pos", logp_pos), ("logp_neg", logp_neg)):
+            if isinstance(values, torch.Tensor) and values.shape == mask.shape:
+                bad = torch.isnan(values) & mask  # -inf is a legal log-prob; NaN is never one
+                if bool(bad.any()):
+                    raise ValueError(f"{name}: NaN at a valid position (first in row {int(bad.any(1).nonzero()[0])})")
     return torch.ops.fastdoctor.token_rewards_from_face_logprobs(logp_pos, logp_neg, mask, sign, tau, theta, eps)
 
 

@@ -19,12 +19,13 @@ import math
 import os
 import pathlib
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 
-from .files import staged_directory
+from .files import recover_directory, staged_directory
 from .progress import Progress
 
 LossFn = Callable[[list], tuple[torch.Tensor, dict]]
@@ -153,10 +154,22 @@ def load_checkpoint(path: pathlib.Path, model, optimizer, signature: dict) -> in
         rng = load_file(str(path / "rng.safetensors"))
     except Exception as error:  # json and safetensors raise their own types for corrupt files
         raise ValueError(f"{path}: corrupt checkpoint ({type(error).__name__}: {error})") from None
-    if state.get("signature") != signature:
+    if not isinstance(state, dict) or state.get("signature") != signature:
         raise ValueError(f"{path}: the checkpoint was written for another model, data set or configuration; "
                          "train into a new output folder or pass resume=False (--no-resume)")
+    step = state.get("step")
+    steps = signature["config"]["steps"]
+    if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= steps:
+        raise ValueError(f"{path}/state.json: step {step!r} is outside this run's 1..{steps}")
     trainable = _trainable(model)
+    for name, p in trainable.items():
+        if name not in weights or tuple(weights[name].shape) != tuple(p.shape):
+            found = tuple(weights[name].shape) if name in weights else "missing"
+            raise ValueError(f"{path}/trainable.safetensors: {name} is {found}, the model's is {tuple(p.shape)}")
+    for file, tensors in (("trainable", weights), ("optimizer", moments)):
+        bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        if bad is not None:
+            raise ValueError(f"{path}/{file}.safetensors: {bad} holds NaN or inf; the checkpoint is unusable")
     with torch.no_grad():
         for name, p in trainable.items():
             p.copy_(weights[name])
@@ -165,7 +178,7 @@ def load_checkpoint(path: pathlib.Path, model, optimizer, signature: dict) -> in
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
-    return int(state["step"])
+    return step
 
 
 # ---- logging ----
@@ -190,9 +203,23 @@ def plot_history(history: Sequence[dict], path: str | os.PathLike, keys: Sequenc
 
 
 def _read_log(path: pathlib.Path, upto: int) -> list[dict]:
+    """The log's records up to step `upto`. A last line cut short (a kill mid-write) is dropped with a
+    warning; a damaged line anywhere else is an error naming it."""
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a step record")
+        except ValueError as error:
+            if number == len(lines):
+                warnings.warn(f"{path}:{number}: dropped a cut-short last line ({error})", stacklevel=2)
+                break
+            raise ValueError(f"{path}:{number}: damaged log line ({error})") from None
+        records.append(record)
     return [r for r in records if r["step"] <= upto]
 
 
@@ -214,6 +241,8 @@ def train(model: torch.nn.Module, examples: Sequence, loss_fn: LossFn, config: T
     micro = config.micro_batch_size or local
     out = pathlib.Path(out)
     checkpoint = out / "checkpoint"
+    if rank == 0:
+        recover_directory(checkpoint)  # a commit a kill interrupted: put the previous checkpoint back
     params = list(_trainable(model).values())
     if not params:
         raise ValueError("model: no parameter requires grad")
@@ -260,6 +289,11 @@ def train(model: torch.nn.Module, examples: Sequence, loss_fn: LossFn, config: T
                 dist.all_reduce(packed)
                 totals = {k: v / (1 if k == "tokens" else world) for k, v in zip(totals, packed.tolist())}
             grad_norm = torch.nn.utils.clip_grad_norm_(params, config.clip)
+            if not math.isfinite(totals["loss"]) or not bool(torch.isfinite(grad_norm)):
+                what = "loss" if not math.isfinite(totals["loss"]) else "gradient norm"
+                raise FloatingPointError(f"{name}: the {what} is not finite at step {step + 1} (loss "
+                                         f"{totals['loss']}, gradient norm {float(grad_norm)}); stopped before "
+                                         "the update, so no checkpoint holds non-finite weights")
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             seconds = time.time() - began

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..files import read_format_json, staged_directory
-from ..models import hidden_size
+from ..models import check_safetensors_folder, hidden_size
 from ..sequences import SequenceBatch, response_log_probs, run_lm
 from ..tokens import vocab_fingerprint
 
@@ -114,13 +114,20 @@ def load_doctor(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, 
 
     path = pathlib.Path(path)
     meta = read_doctor_meta(path)
+    for key, kind in (("value_hidden", int), ("hidden_size", int)):
+        if isinstance(meta.get(key), bool) or not isinstance(meta.get(key), kind):
+            raise ValueError(f"{path}/doctor.json: '{key}' is missing or not an integer")
     if tokenizer is not None and meta.get("vocab") not in (None, vocab_fingerprint(tokenizer)):
         raise ValueError(f"{path}: the doctor was trained with another tokenizer than the one given")
     try:
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+        check_safetensors_folder(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device).eval()
         head = load_file(str(path / "value_head.safetensors"))
     except Exception as error:  # safetensors and transformers raise their own types for corrupt files
         raise ValueError(f"{path}: cannot load the doctor's weights ({error})") from None
+    for name, tensor in [*lm.state_dict().items(), *head.items()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"{path}: the doctor's weight {name} holds NaN or inf; refusing to steer with it")
     if hidden_size(lm.config) != meta["hidden_size"]:
         raise ValueError(f"{path}: doctor.json says hidden size {meta['hidden_size']}, the LM has "
                          f"{hidden_size(lm.config)}")

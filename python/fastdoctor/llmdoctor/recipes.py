@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import json
 import os
 import pathlib
 import sys
@@ -14,6 +15,7 @@ import sys
 import torch
 
 from .. import genarm
+from ..files import recover_directory, write_json
 from ..lora import attach_lora
 from ..models import logits_width, make_doctor
 from ..tokens import pad_id, vocab_fingerprint
@@ -96,13 +98,18 @@ def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
     doctor = Doctor(lm, value_hidden=value_hidden, value_ramp=value_ramp)
     pad, device = pad_id(tokenizer), next(lm.parameters()).device
     info = dict(info or {})
+    recover_directory(out / "checkpoint")
+    fit_path = out / "value_ramp_fit.json"
     if value_ramp and not (resume and (out / "checkpoint" / "state.json").exists()):
         fit = tfpo.fit_value_ramp(doctor, examples, settings, pad_id=pad, device=device)
         info["value_ramp_fit"] = fit
         if _is_main_process():
+            write_json(fit_path, fit)  # a resumed run restores the ramp from the checkpoint, and the record here
             print(f"[tfpo] value ramp: slope={fit['slope']:.3f} offset={fit['offset']:.2f} subtb "
                   f"{fit['subtb_before']:.1f} -> {fit['subtb_after']:.1f} on {fit['pairs']} pairs",
                   file=sys.stderr, flush=True)
+    elif value_ramp and fit_path.exists():
+        info["value_ramp_fit"] = json.loads(fit_path.read_text())
     loss = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=settings, pad_id=pad, device=device)
     history = train(doctor, examples, loss, config, out, name="tfpo", resume=resume)
     if _is_main_process():

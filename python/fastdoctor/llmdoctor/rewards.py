@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pathlib
+import tempfile
 import time
 from collections.abc import Sequence
 
@@ -170,11 +171,19 @@ def _fingerprint(settings: RewardSettings, tokenizer, data_digest: str, patient_
 
 
 def _atomic_save(tensors: dict, path: pathlib.Path, metadata: dict) -> None:
+    """safetensors written to a unique temporary sibling, fsynced, then renamed over `path`."""
     from safetensors.torch import save_file
 
-    temporary = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
-    os.replace(temporary, path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        pathlib.Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _pairs_to_tensors(scored: Sequence[ScoredPair]) -> dict[str, torch.Tensor]:
@@ -269,5 +278,39 @@ def load_rewards(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
     if metadata.get("format") != FORMAT:
         raise ValueError(f"{path}: not a fastdoctor rewards file (format {metadata.get('format')!r})")
-    metadata = {**metadata, "settings": json.loads(metadata["settings"]), "summary": json.loads(metadata["summary"])}
+    try:
+        metadata = {**metadata, "settings": json.loads(metadata["settings"]),
+                    "summary": json.loads(metadata["summary"])}
+    except (KeyError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: damaged metadata ({type(error).__name__}: {error})") from None
+    _check_rewards_tensors(path, tensors)
     return tensors, metadata
+
+
+_REWARD_TENSORS = ("prompt_ids", "prompt_mask", *(f"{side}_{kind}" for side in ("chosen", "rejected")
+                                                 for kind in ("ids", "mask", "rewards", "logp_pos", "logp_neg")))
+
+
+def _check_rewards_tensors(path, tensors: dict[str, torch.Tensor]) -> None:
+    """Whole or refused: every tensor present, one row count, matching widths per side, nothing non-finite
+    (a NaN reward or log-prob would train a doctor on garbage without a sound)."""
+    missing = [name for name in _REWARD_TENSORS if name not in tensors]
+    if missing:
+        raise ValueError(f"{path}: missing tensors {missing}")
+    rows = {name: tensors[name].shape[0] if tensors[name].dim() else None for name in _REWARD_TENSORS}
+    if len(set(rows.values())) != 1 or None in rows.values():
+        raise ValueError(f"{path}: the tensors disagree in row count ({rows}); the file is damaged")
+    for side in ("chosen", "rejected"):
+        shape = tensors[f"{side}_ids"].shape
+        for kind in ("mask", "rewards", "logp_pos", "logp_neg"):
+            if tensors[f"{side}_{kind}"].shape != shape:
+                raise ValueError(f"{path}: {side}_{kind} has shape {list(tensors[f'{side}_{kind}'].shape)}, "
+                                 f"{side}_ids {list(shape)}")
+        for kind in ("rewards", "logp_pos", "logp_neg"):
+            values = tensors[f"{side}_{kind}"]
+            bad = ~torch.isfinite(values) & tensors[f"{side}_mask"].bool()
+            if bool(bad.any()):
+                row = int(bad.any(dim=1).nonzero()[0])
+                raise ValueError(f"{path}: {side}_{kind} holds NaN or inf (first in row {row})")
+    if tensors["prompt_mask"].shape != tensors["prompt_ids"].shape:
+        raise ValueError(f"{path}: prompt_mask and prompt_ids differ in shape")
