@@ -7,10 +7,11 @@ import torch  # noqa: F401  (must load before _C: the extension links against to
 
 from . import _C
 from .generate import generate
+from .hf_generate import guided
 from .models import load_model, make_doctor
 from .ops import mixed_sampling_from_logits, routed_sampling_from_logits
 
 __version__ = _C.build_info()["version"]
 
-__all__ = ["__version__", "generate", "load_model", "make_doctor", "mixed_sampling_from_logits",
+__all__ = ["__version__", "generate", "guided", "load_model", "make_doctor", "mixed_sampling_from_logits",
            "routed_sampling_from_logits"]
