@@ -51,3 +51,16 @@ def vocab_fingerprint(tokenizer) -> str:
     another tokenizer is refused with a clear error instead of training on mismatched ids."""
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(vocab.encode()).hexdigest()
+
+
+def max_token_bytes(tokenizer) -> int:
+    """An upper bound on the UTF-8 bytes one token can stand for (4 per character of its longest vocabulary
+    entry), so a text can be proven too long for a context before the slow work of tokenising it."""
+    cached = getattr(tokenizer, "_fastdoctor_max_token_bytes", None)
+    if cached is None:
+        cached = 4 * max((len(token) for token in tokenizer.get_vocab()), default=1)
+        try:
+            tokenizer._fastdoctor_max_token_bytes = cached
+        except AttributeError:  # a tokenizer that refuses new attributes is simply not cached
+            pass
+    return cached

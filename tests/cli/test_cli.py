@@ -1,6 +1,10 @@
 """The `fastdoctor generate` command, end to end, on tiny models that use the default patient's tokenizer."""
 from __future__ import annotations
 
+import re
+
+import pytest
+
 from conftest import run_cli
 
 
@@ -46,3 +50,22 @@ def test_rewards_command_names_the_bad_line(model_folders, tmp_path):
     result = run_cli("rewards", "--data", str(prefs), "--out", str(tmp_path / "r.safetensors"), "--patient",
                      str(model_folders["patient"]))
     assert result.returncode != 0 and "prefs.jsonl:2: field 'rejected' is missing" in result.stderr
+
+
+@pytest.mark.parametrize("args,match", [
+    (["rewards", "--data", "bundled:train", "--out", "r.safetensors", "--limit", "0"], "--limit: expected a whole number >= 1"),
+    (["rewards", "--data", "bundled:train", "--out", "r.safetensors", "--limit", "-2"], "--limit: expected a whole"),
+    (["taro", "train-rm", "--steps", "1", "--out", "rm", "--limit", "0"], "--limit: expected a whole number"),
+])
+def test_zero_and_negative_limits_are_errors(args, match):
+    out = run_cli(*args)
+    assert out.returncode == 2 and re.search(match, out.stderr), out.stderr
+
+
+def test_an_unwritable_out_fails_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for args in (["rewards", "--data", "bundled:train"], ["train", "--rewards", "r.safetensors"],
+                 ["taro", "train-router", "--steps", "1", "--rm", "x"]):
+        out = run_cli(*args, "--out", str(blocker / "inside"))
+        assert out.returncode == 2 and "is not a writable folder" in out.stderr, out.stderr

@@ -72,3 +72,23 @@ def test_the_reward_op_refuses_nan_face_logprobs():
         ops.token_rewards_from_face_logprobs(lp_pos, lp_neg, mask, sign)
     mask[1, 2] = False  # padding may hold anything
     assert torch.isfinite(ops.token_rewards_from_face_logprobs(lp_pos, lp_neg, mask, sign)).all()
+
+
+class NoTokenising:
+    """A tokenizer whose vocabulary is known but which must never be asked to tokenise."""
+
+    def get_vocab(self):
+        return {"ab": 0, "abcd": 1}
+
+    def apply_chat_template(self, *args, **kwargs):
+        raise AssertionError("tokenised a text that could be refused from its size alone")
+
+
+def test_a_huge_response_is_refused_before_it_is_tokenised():
+    from conftest import tiny_model
+    from fastdoctor.llmdoctor.data import PreferencePair
+
+    model = tiny_model("llama")  # 256 positions, so at most 256 * 16 bytes fit with 4-character tokens
+    pair = PreferencePair("hello", "x" * 40_000, "fine")
+    with pytest.raises(ValueError, match="pair 0: the chosen text is 40000 bytes, more than 256 tokens"):
+        rewards.score_pair(model, NoTokenising(), pair, rewards.RewardSettings())

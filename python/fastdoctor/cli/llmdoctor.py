@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+from .arguments import positive_int, writable_path
+
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import dataclasses
@@ -101,7 +103,8 @@ def add_commands(sub) -> None:
     """Adds `rewards`, `train` and `quickstart` to the main parser's subcommands."""
     rw = sub.add_parser("rewards", help="token-level rewards from the patient's positive and negative faces")
     rw.add_argument("--data", required=True, help="JSONL with prompt/chosen/rejected, or bundled:train / bundled:test")
-    rw.add_argument("--out", required=True, help="output .safetensors (written atomically; resumable)")
+    rw.add_argument("--out", required=True, type=writable_path,
+                    help="output .safetensors (written atomically; resumable)")
     rw.add_argument("--patient", default="default")
     rw.add_argument("--faces", default="general", choices=["general", "positivity"], help="face system prompts")
     rw.add_argument("--tau", type=float, default=1.0, help="tanh temperature")
@@ -109,12 +112,13 @@ def add_commands(sub) -> None:
     rw.add_argument("--eps", type=float, default=1e-6)
     rw.add_argument("--truncate", action="store_true", help="cut responses that exceed the context")
     rw.add_argument("--no-prefix-sharing", action="store_true", help="prefill prompt+response per face (slower)")
-    rw.add_argument("--limit", type=int, default=None, help="only the first N pairs")
+    rw.add_argument("--limit", type=positive_int, default=None, help="only the first N pairs")
     rw.add_argument("--device", default=None)
     rw.set_defaults(func=_cmd_rewards)
     tr = sub.add_parser("train", help="train a doctor with TFPO (or the GenARM baseline) on a rewards file")
     tr.add_argument("--rewards", required=True, help="a rewards file from `fastdoctor rewards`")
-    tr.add_argument("--out", required=True, help="output folder: checkpoint/, log.jsonl, loss.png, doctor/")
+    tr.add_argument("--out", required=True, type=writable_path,
+                    help="output folder: checkpoint/, log.jsonl, loss.png, doctor/")
     tr.add_argument("--patient", default="default")
     tr.add_argument("--method", default="tfpo", choices=["tfpo", "genarm"])
     tr.add_argument("--init", default="full", choices=["full", "small"],

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
+from .arguments import positive_int, writable_path
+
 
 def _load_base(args):
     import torch
@@ -139,13 +141,13 @@ def add_commands(sub) -> None:
             p.add_argument("--seed", type=int, default=0)
             p.add_argument("--work", default=None, help="checkpoints and logs (default: <out>.train); resumable")
             p.add_argument("--no-resume", action="store_true", help="start over even if --work has a checkpoint")
-            p.add_argument("--limit", type=int, default=0, help="train on the first N examples only (0: all)")
+            p.add_argument("--limit", type=positive_int, default=None, help="train on the first N examples only")
             p.add_argument("--autocast", default="auto", choices=["auto", "bf16", "none"],
                            help="bf16 autocast (auto: on CUDA only; bf16 also speeds CPUs with AMX)")
 
     rm = commands.add_parser("train-rm", help="train the step-wise reward model (GenARM loss on step pairs)")
     common(rm, training=True)
-    rm.add_argument("--out", required=True, help="the reward model's folder (an HF folder, written atomically)")
+    rm.add_argument("--out", required=True, type=writable_path, help="the reward model's folder (an HF folder, written atomically)")
     rm.add_argument("--beta-r", type=float, default=0.05, help="Bradley-Terry scale beta_r")
     rm.add_argument("--lr", type=float, default=5e-4)
     rm.add_argument("--micro-batch-size", type=int, default=0)
@@ -161,7 +163,7 @@ def add_commands(sub) -> None:
     router = commands.add_parser("train-router", help="train the token-level router (base and RM frozen)")
     common(router, training=True)
     router.add_argument("--rm", required=True, help="the reward model folder (from train-rm)")
-    router.add_argument("--out", required=True, help="the router's folder (safetensors + JSON, written atomically)")
+    router.add_argument("--out", required=True, type=writable_path, help="the router's folder (safetensors + JSON, written atomically)")
     router.add_argument("--cache", default=None, help="where the frozen models' outputs go (default: <out>.cache)")
     router.add_argument("--cache-batch", type=int, default=8)
     router.add_argument("--k", type=int, default=20, help="top-K candidates per model")
@@ -186,6 +188,6 @@ def add_commands(sub) -> None:
     ev.add_argument("--next-step", action="store_true",
                     help="also score the next step on the held-out step pairs' contexts")
     ev.add_argument("--next-step-tokens", type=int, default=40, help="new tokens per next-step continuation")
-    ev.add_argument("--out", default=None, help="results JSON")
+    ev.add_argument("--out", default=None, type=writable_path, help="results JSON")
     ev.add_argument("--plot", default=None, help="alpha-trace PNG (with --router and --out)")
     ev.set_defaults(func=_cmd_eval)

@@ -26,7 +26,7 @@ from ..kv_cache import cache_kwargs, output_cache
 from ..models import logits_width
 from ..progress import Progress
 from ..sequences import right_pad
-from ..tokens import chat_ids, split_response, vocab_fingerprint
+from ..tokens import chat_ids, max_token_bytes, split_response, vocab_fingerprint
 from .data import PreferencePair
 
 FORMAT = "fastdoctor.rewards/1"
@@ -122,12 +122,34 @@ def _score_without_sharing(model, prefix: torch.Tensor, response: torch.Tensor, 
     return _log_probs(model, hidden, response, weight, chunk_size)
 
 
+def _fit_text_before_tokenising(pair: PreferencePair, tokenizer, limit: int | None, truncate: bool,
+                                index: int) -> PreferencePair:
+    """Refuses (or, with truncate, cuts) a text that cannot fit the context whatever its tokenisation: a
+    40 MB response used to be tokenised for minutes before the length check could refuse it."""
+    if limit is None:
+        return pair
+    most = limit * max_token_bytes(tokenizer)
+    fields = {}
+    for name in ("prompt", "chosen", "rejected"):
+        text = getattr(pair, name)
+        size = len(text.encode("utf-8"))
+        if size > most:
+            if not truncate or name == "prompt":
+                raise ValueError(f"pair {index}: the {name} text is {size} bytes, more than {limit} tokens of "
+                                 f"the patient's context can hold" + ("" if name == "prompt" else
+                                                                       " (set truncate=True to cut it)"))
+            text = text.encode("utf-8")[:most].decode("utf-8", errors="ignore")
+        fields[name] = text
+    return dataclasses.replace(pair, **fields)
+
+
 @torch.inference_mode()
 def score_pair(model, tokenizer, pair: PreferencePair, settings: RewardSettings, index: int = 0,
                share_prefix: bool = True) -> ScoredPair:
     device = next(model.parameters()).device
     weight = _lm_head_weight(model)
     limit = getattr(model.config, "max_position_embeddings", None)
+    pair = _fit_text_before_tokenising(pair, tokenizer, limit, settings.truncate, index)
     user = [{"role": "user", "content": pair.prompt}]
     prompt_ids = torch.tensor(chat_ids(tokenizer, user), dtype=torch.int64)
     faces = {"pos": settings.faces.positive, "neg": settings.faces.negative}
