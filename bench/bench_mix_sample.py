@@ -2,9 +2,9 @@
 today (log_softmax per model, weighted sum, temperature, top-k, sort-based top-p, softmax, multinomial),
 both measured in the same run on the same inputs. Two models (patient + one doctor), logits ~ N(0, 3^2).
 
-    python bench/bench_mix_sample.py [--device cpu|cuda] [--quick]
+    python bench/bench_mix_sample.py [--device cpu|cuda] [--dtype bfloat16] [--quick] [--out DIR]
 
-Writes bench/results/mix_sample_<hardware>.json and .md and prints the table.
+Writes <out>/mix_sample_<hardware>.json and .md and prints the table.
 """
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import argparse
 
 import torch
 
-import fastdoctor
 import baselines
-from common import median_seconds, run_meta, write_results
+from common import Spread, add_options, dtype_name, resolve_dtype, run_meta, start, time_op, write_results
 
 FILTERS = {"none": dict(top_k=0, top_p=1.0), "top-k 50": dict(top_k=50, top_p=1.0),
            "top-p 0.9": dict(top_k=0, top_p=0.9)}
@@ -23,15 +22,14 @@ PEAK_GBPS = {"H100": 3350.0, "H200": 4800.0}  # HBM3 / HBM3e, SXM parts
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="logit dtype (default: float32 on CPU, bfloat16 on CUDA)")
-    parser.add_argument("--quick", action="store_true", help="B in {1, 8}, V = 49152 only")
+    add_options(parser, quick="B in {1, 8}, V = 49152 only",
+                dtype="logit dtype (default: float32 on the CPU, bfloat16 on CUDA)")
     args = parser.parse_args()
-    device = args.device
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+    start(args)
+    device, dtype = args.device, resolve_dtype(args)
     batches = (1, 8) if args.quick else (1, 8, 32, 128)
     vocabs = (49152,) if args.quick else (49152, 151936)
-    meta = run_meta(device)
+    meta = run_meta(device, logit_dtype=dtype_name(dtype), models=2, temperature=0.9, quick=args.quick)
     peak = next((v for k, v in PEAK_GBPS.items() if k in meta["hardware"]), None)
 
     rows = []
@@ -46,13 +44,14 @@ def main() -> None:
             for name, flt in FILTERS.items():
                 top_k = torch.full((batch,), flt["top_k"], dtype=torch.int64, device=device)
                 top_p = torch.full((batch,), flt["top_p"], device=device)
-                fused = median_seconds(lambda: torch.ops.fastdoctor.mixed_sampling_from_logits(
+                fused = time_op(lambda: torch.ops.fastdoctor.mixed_sampling_from_logits(
                     logits, weights, temperature, top_k, top_p, seed, step, -1), device)
-                eager = median_seconds(lambda: baselines.eager_mix_sample_chain(
+                eager = time_op(lambda: baselines.eager_mix_sample_chain(
                     logits, weights, temperature, top_k, top_p), device, min_reps=3)
                 read_bytes = sum(z.numel() * z.element_size() for z in logits)
-                row = {"batch": batch, "vocab": vocab, "filter": name, "fused_ms": fused * 1e3,
-                       "eager_ms": eager * 1e3, "speedup": eager / fused, "fused_GBps": read_bytes / fused / 1e9}
+                row = {"batch": batch, "vocab": vocab, "filter": name, **fused.fields("fused_ms"),
+                       **eager.fields("eager_ms"), "speedup": eager.median / fused.median,
+                       "fused_GBps": read_bytes / fused.median / 1e9, "reps": fused.reps}
                 if peak:
                     row["hbm_pct"] = 100 * row["fused_GBps"] / peak
                 rows.append(row)
@@ -60,15 +59,15 @@ def main() -> None:
                       f"eager {row['eager_ms']:9.3f} ms   {row['speedup']:6.1f}x   {row['fused_GBps']:7.1f} GB/s",
                       flush=True)
 
-    columns = [("batch", "B"), ("vocab", "V"), ("filter", "filter"), ("fused_ms", "fused ms"),
-               ("eager_ms", "eager ms"), ("speedup", "speed-up"), ("fused_GBps", "fused GB/s")]
+    columns = [("batch", "B"), ("vocab", "V"), ("filter", "filter"), Spread("fused_ms", "fused ms min / median / max"),
+               Spread("eager_ms", "eager ms min / median / max"), ("speedup", "speed-up"),
+               ("fused_GBps", "fused GB/s")]
     if peak:
         columns.append(("hbm_pct", "% of HBM peak"))
-    meta.update({"logit_dtype": str(dtype).replace("torch.", ""), "models": 2, "temperature": 0.9})
     json_path, md_path = write_results(
-        "mix_sample", device, meta, rows, columns,
-        note=f"Two {meta['logit_dtype']} logit tensors; medians; speed-up = eager / fused in the same run; "
-             "GB/s = logit bytes read / fused time.")
+        "mix_sample", device, meta, rows, columns, out=args.out,
+        note=f"Two {meta['logit_dtype']} logit tensors; speed-up = eager / fused medians in the same run; "
+             "GB/s = logit bytes read / median fused time.")
     print(f"\nwrote {json_path} and {md_path}")
 
 

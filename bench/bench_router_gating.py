@@ -3,9 +3,9 @@ chain that research code runs (torch.topk per model, embedding lookup, Linear-ta
 eager mix-and-sample chain or a greedy argmax), both measured in the same run on the same inputs.
 Base and reward-model logits ~ N(0, 3^2); router K = 20, d = 32, H = 128 (the 3P defaults, METHODS.md §3.5).
 
-    python bench/bench_router_gating.py [--device cpu|cuda] [--dtype bfloat16] [--quick]
+    python bench/bench_router_gating.py [--device cpu|cuda] [--dtype bfloat16] [--quick] [--out DIR]
 
-Writes bench/results/router_gating_<hardware>.json and .md and prints the table.
+Writes <out>/router_gating_<hardware>.json and .md and prints the table.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import argparse
 import torch
 
 import baselines
-from common import median_seconds, run_meta, write_results
+from common import Spread, add_options, dtype_name, resolve_dtype, run_meta, start, time_op, write_results
 
 SAMPLING = {"top-p 0.9": dict(temperature=0.9, top_p=0.9), "greedy": dict(temperature=0.0, top_p=1.0)}
 TOP_K_FEATURES, EMBED_DIM, HIDDEN = 20, 32, 128
@@ -30,15 +30,15 @@ def make_router(vocab: int, device: str, generator: torch.Generator) -> list[tor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default=None, help="logit dtype (default: float32 on CPU, bfloat16 on CUDA)")
-    parser.add_argument("--quick", action="store_true", help="B in {1, 8} only")
+    add_options(parser, quick="B in {1, 8} only",
+                dtype="logit dtype (default: float32 on the CPU, bfloat16 on CUDA)")
     args = parser.parse_args()
-    device = args.device
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+    start(args)
+    device, dtype = args.device, resolve_dtype(args)
     batches = (1, 8) if args.quick else (1, 8, 32)
     vocab = 49152
-    meta = run_meta(device)
+    meta = run_meta(device, logit_dtype=dtype_name(dtype), top_k_features=TOP_K_FEATURES, embed_dim=EMBED_DIM,
+                    hidden=HIDDEN, quick=args.quick)
 
     rows = []
     generator = torch.Generator().manual_seed(0)
@@ -51,25 +51,24 @@ def main() -> None:
         for name, sampling in SAMPLING.items():
             temperature = torch.full((batch,), sampling["temperature"], device=device)
             top_p = torch.full((batch,), sampling["top_p"], device=device)
-            fused = median_seconds(lambda: torch.ops.fastdoctor.routed_sampling_from_logits(
+            fused = time_op(lambda: torch.ops.fastdoctor.routed_sampling_from_logits(
                 base, rm, *router, temperature, top_k, top_p, seed, step, TOP_K_FEATURES, -1), device)
-            eager = median_seconds(lambda: baselines.eager_routed_sampling_chain(
+            eager = time_op(lambda: baselines.eager_routed_sampling_chain(
                 base, rm, *router, temperature, top_k, top_p, TOP_K_FEATURES), device, min_reps=3)
-            row = {"batch": batch, "vocab": vocab, "sampling": name, "fused_ms": fused * 1e3,
-                   "eager_ms": eager * 1e3, "speedup": eager / fused}
+            row = {"batch": batch, "vocab": vocab, "sampling": name, **fused.fields("fused_ms"),
+                   **eager.fields("eager_ms"), "speedup": eager.median / fused.median, "reps": fused.reps}
             rows.append(row)
             print(f"B={batch:<4} V={vocab:<7} {name:<10} fused {row['fused_ms']:8.3f} ms   "
                   f"eager {row['eager_ms']:9.3f} ms   {row['speedup']:6.1f}x", flush=True)
 
-    columns = [("batch", "B"), ("vocab", "V"), ("sampling", "sampling"), ("fused_ms", "fused ms"),
-               ("eager_ms", "eager ms"), ("speedup", "speed-up")]
-    meta.update({"logit_dtype": str(dtype).replace("torch.", ""), "top_k_features": TOP_K_FEATURES,
-                 "embed_dim": EMBED_DIM, "hidden": HIDDEN})
+    columns = [("batch", "B"), ("vocab", "V"), ("sampling", "sampling"),
+               Spread("fused_ms", "fused ms min / median / max"), Spread("eager_ms", "eager ms min / median / max"),
+               ("speedup", "speed-up")]
     json_path, md_path = write_results(
-        "router_gating", device, meta, rows, columns,
+        "router_gating", device, meta, rows, columns, out=args.out,
         note=f"Base + reward-model {meta['logit_dtype']} logits; router K = {TOP_K_FEATURES}, d = {EMBED_DIM}, "
-             f"H = {HIDDEN}; top-p rows at temperature 0.9; medians; speed-up = eager chain / fused op in the "
-             "same run. The eager chain: torch.topk per model, embedding, Linear-tanh-Linear-sigmoid, then "
+             f"H = {HIDDEN}; top-p rows at temperature 0.9; speed-up = eager chain / fused op medians in "
+             "the same run. The eager chain: torch.topk per model, embedding, Linear-tanh-Linear-sigmoid, then "
              "baselines.eager_mix_sample_chain (log_softmax per model, mix, filters, multinomial; greedy: argmax).")
     print(f"\nwrote {json_path} and {md_path}")
 

@@ -5,11 +5,11 @@
   reference (hidden) logits = hidden @ W^T, then log_softmax + gather
   fused chunked      ops.target_log_probs_from_hidden: vocabulary chunks of 4096, [T, V] never exists
 
-Median times in the same run; peak extra memory measured in a fresh subprocess per variant: on the CPU,
-the rise of peak RSS (VmHWM, reset once the inputs exist) over the resident inputs; on a GPU,
-torch.cuda.max_memory_allocated.
+Times in the same run; peak extra memory measured in a fresh subprocess per variant (--quick: one subprocess
+for all four, each measured after a reset): on the CPU, the rise of peak RSS (VmHWM, reset once the inputs
+exist) over the resident inputs; on a GPU, torch.cuda.max_memory_allocated above the inputs.
 
-    python bench/bench_token_scoring.py [--device cpu|cuda]
+    python bench/bench_token_scoring.py [--device cpu|cuda] [--dtype bfloat16] [--quick] [--out DIR]
 """
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ import sys
 import torch
 
 from fastdoctor import ops, reference
-from common import median_seconds, run_meta, write_results
+from common import Spread, add_options, dtype_name, resolve_dtype, run_meta, start, time_op, write_results
 
 VOCAB, HIDDEN = 49152, 576  # SmolLM2-135M's vocabulary and width
 
 
-def make_inputs(tokens: int, device: str):
+def make_inputs(tokens: int, device: str, dtype: torch.dtype):
     g = torch.Generator().manual_seed(tokens)
-    hidden = torch.randn(tokens, HIDDEN, generator=g).to(device)
-    weight = (torch.randn(VOCAB, HIDDEN, generator=g) / HIDDEN**0.5).to(device)
+    hidden = torch.randn(tokens, HIDDEN, generator=g).to(device, dtype)
+    weight = (torch.randn(VOCAB, HIDDEN, generator=g) / HIDDEN**0.5).to(device, dtype)
     targets = torch.randint(0, VOCAB, (tokens,), generator=g).to(device)
     return hidden, weight, targets
 
@@ -44,55 +44,59 @@ def variants(hidden, weight, targets, logits):
     }
 
 
-def peak_extra_bytes(name: str, tokens: int, device: str) -> int:
-    """Runs one variant in a fresh process and reports how far its peak memory rose above the inputs'."""
+def peak_extra_bytes(names: list[str], tokens: int, device: str, dtype: torch.dtype) -> dict[str, int]:
+    """Runs the variants one after another in a fresh process; each reports how far peak memory rose above
+    what was resident before it (the inputs)."""
     code = f"""
 import sys, torch
-sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
 from bench_token_scoring import make_inputs, variants
-hidden, weight, targets = make_inputs({tokens}, {device!r})
-logits = hidden @ weight.T if {name!r} in ("reference", "fused_logits") else None
-if {device!r} == "cuda":
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
-    variants(hidden, weight, targets, logits)[{name!r}](); torch.cuda.synchronize()
-    print(torch.cuda.max_memory_allocated() - base)
-else:
-    from common import peak_rss_rise  # peak RSS reset once the inputs exist: only the variant's own rise
-    print(peak_rss_rise(variants(hidden, weight, targets, logits)[{name!r}]))
+from common import peak_memory_rise
+hidden, weight, targets = make_inputs({tokens}, {device!r}, torch.{dtype_name(dtype)})
+logits = hidden @ weight.T if any(n in ("reference", "fused_logits") for n in {names!r}) else None
+fns = variants(hidden, weight, targets, logits)
+print([peak_memory_rise(fns[name], {device!r}) for name in {names!r}])
 """
     # A fixed mmap threshold makes every large buffer its own mapping, returned on free, so RSS tracks use.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    return int(out.stdout.strip().splitlines()[-1])
+    return dict(zip(names, json.loads(out.stdout.strip().splitlines()[-1])))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_options(parser, quick="T = 32 only; memory of the four variants measured in one subprocess",
+                dtype="hidden states, LM head and logits (default: float32 on the CPU, bfloat16 on CUDA)")
     args = parser.parse_args()
-    meta = run_meta(args.device)
+    start(args)
+    device, dtype = args.device, resolve_dtype(args)
+    meta = run_meta(device, dtype=dtype_name(dtype), chunk_size=4096, quick=args.quick)
     rows = []
-    for tokens in (512, 2048):
-        hidden, weight, targets = make_inputs(tokens, args.device)
+    for tokens in (32,) if args.quick else (512, 2048):
+        hidden, weight, targets = make_inputs(tokens, device, dtype)
         logits = hidden @ weight.T
-        timings = {name: median_seconds(fn, args.device) for name, fn in
-                   variants(hidden, weight, targets, logits).items()}
-        memory = {name: peak_extra_bytes(name, tokens, args.device) for name in timings}
+        timings = {name: time_op(fn, device) for name, fn in variants(hidden, weight, targets, logits).items()}
+        if args.quick:
+            memory = peak_extra_bytes(list(timings), tokens, device, dtype)
+        else:
+            memory = {name: peak_extra_bytes([name], tokens, device, dtype)[name] for name in timings}
         row = {"tokens": tokens, "vocab": VOCAB,
-               **{f"{k}_ms": v * 1e3 for k, v in timings.items()},
+               **{k: v for name, t in timings.items() for k, v in t.fields(f"{name}_ms").items()},
                **{f"{k}_MB": v / 2**20 for k, v in memory.items()},
-               "speedup_logits": timings["reference"] / timings["fused_logits"],
-               "speedup_hidden": timings["reference_hidden"] / timings["fused_chunked"],
+               "speedup_logits": timings["reference"].median / timings["fused_logits"].median,
+               "speedup_hidden": timings["reference_hidden"].median / timings["fused_chunked"].median,
                "memory_ratio_hidden": memory["fused_chunked"] / max(memory["reference_hidden"], 1)}
         rows.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
-    columns = [("tokens", "T"), ("reference_ms", "log_softmax+gather ms"), ("fused_logits_ms", "fused ms"),
-               ("speedup_logits", "speed-up"), ("reference_hidden_ms", "matmul+log_softmax ms"),
-               ("fused_chunked_ms", "chunked ms"), ("speedup_hidden", "speed-up (hidden)"),
+    columns = [("tokens", "T"), Spread("reference_ms", "log_softmax+gather ms min / median / max"),
+               Spread("fused_logits_ms", "fused ms min / median / max"), ("speedup_logits", "speed-up"),
+               Spread("reference_hidden_ms", "matmul+log_softmax ms min / median / max"),
+               Spread("fused_chunked_ms", "chunked ms min / median / max"), ("speedup_hidden", "speed-up (hidden)"),
                ("reference_hidden_MB", "reference peak extra MB"), ("fused_chunked_MB", "chunked peak extra MB"),
                ("memory_ratio_hidden", "memory ratio")]
-    json_path, md_path = write_results("token_scoring", args.device, meta, rows, columns,
-                                       note=f"V = {VOCAB}, H = {HIDDEN}, fp32; medians; chunk 4096.")
+    json_path, md_path = write_results(
+        "token_scoring", device, meta, rows, columns, out=args.out,
+        note=f"V = {VOCAB}, H = {HIDDEN}, {dtype_name(dtype)}; chunk 4096; speed-ups are ratios of medians.")
     print(f"wrote {json_path} and {md_path}")
 
 

@@ -11,11 +11,13 @@ in every method, so a steered sample is paired with the patient's sample of the 
      here if not cached); with --small-doctor, also TFPO on a distilled half-depth doctor (weak-to-strong).
 
 Reports mean VADER reward +- standard error, win rate against the patient's paired samples, distinct-2/3,
-the patient's perplexity of the outputs and tokens/s. Writes bench/results/quality_cpu.{json,md} and a
-reward-against-diversity PNG.
+the patient's perplexity of the outputs and tokens/s. Writes <out>/quality_<hardware>.{json,md} and a
+reward-against-diversity PNG. The rewards and doctors are the quickstart's (cached, trained here if absent);
+a --quick run trains throwaway ones in a temporary folder.
 
   python bench/eval_quality.py [--base-samples 4] [--samples 2] [--betas 0.5 1 2] [--arm-alphas 1]
                                [--small-doctor ~/.cache/fastdoctor/distilled/<tag>/model]
+                               [--device cpu|cuda] [--quick] [--out DIR]
 """
 from __future__ import annotations
 
@@ -23,26 +25,25 @@ import argparse
 import dataclasses
 import pathlib
 import sys
+import tempfile
 
-import torch
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from common import RESULTS, run_meta, write_results  # noqa: E402
+from common import add_options, display_path, result_stem, run_meta, start, write_results
 
 
-def _doctor(kind: str, patient, tokenizer, examples, root: pathlib.Path, steps: int, lr: float, small_from=None):
+def _doctor(kind: str, patient, tokenizer, examples, root: pathlib.Path, steps: int, lr: float, small_from=None, *,
+            batch_size: int = 8):
     from fastdoctor.llmdoctor import recipes
     from fastdoctor.llmdoctor.doctor import load_doctor
     from fastdoctor.train import TrainConfig
 
     saved = root / "doctor"
     if not (saved / "doctor.json").exists():
-        config = TrainConfig(steps=steps, batch_size=8, lr=lr, warmup_steps=max(steps // 10, 1), log_every=4,
+        config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=max(steps // 10, 1), log_every=4,
                              checkpoint_every=8)
         if small_from is not None:  # a distilled small doctor (bench_distill.py's saved model): all weights train
             from transformers import AutoModelForCausalLM
 
-            lm = AutoModelForCausalLM.from_pretrained(small_from)
+            lm = AutoModelForCausalLM.from_pretrained(small_from).to(next(patient.parameters()).device)
             for p in lm.parameters():
                 p.requires_grad_(True)
         else:
@@ -51,7 +52,7 @@ def _doctor(kind: str, patient, tokenizer, examples, root: pathlib.Path, steps: 
             recipes.train_genarm(lm, tokenizer, examples, root, config)
         else:
             recipes.train_tfpo(lm, tokenizer, examples, root, config)
-    return load_doctor(saved, tokenizer=tokenizer)
+    return load_doctor(saved, tokenizer=tokenizer, device=next(patient.parameters()).device)
 
 
 def plot(rows: list[dict], path: pathlib.Path) -> None:
@@ -81,12 +82,16 @@ def main() -> None:
     parser.add_argument("--arm-alphas", type=float, nargs="+", default=[1.0])
     parser.add_argument("--steps", type=int, default=48, help="training steps of each doctor (if not cached)")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--small-doctor", default=None, metavar="MODEL",
                         help="also TFPO-train this distilled small doctor (bench_distill.py's saved model) and add its rows")
+    # fp32 throughout: the doctors train (AdamW on fp32 weights; bf16 autocast on CUDA), so no --dtype.
+    add_options(parser, quick="rewards for 2 train pairs, doctors trained 1 step of 2 pairs in a temporary folder, "
+                              "2 held-out prompts, patient x 2 and steered x 1 samples of 4 tokens, one beta")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    start(args)
+    if args.quick:
+        args.steps, args.base_samples, args.samples, args.max_new_tokens = 1, 2, 1, 4
+        args.betas, args.arm_alphas = [1.0], [1.0]
     import transformers
 
     from fastdoctor.llmdoctor import evaluate, quickstart
@@ -97,16 +102,21 @@ def main() -> None:
 
     transformers.logging.disable_progress_bar()
     settings = quickstart.QuickstartSettings(steps=args.steps)
-    root = cache_dir() / "quickstart" / settings.digest()  # shares the quickstart's rewards and TFPO doctor
-    patient, tokenizer = load_model("default")
+    scratch = tempfile.TemporaryDirectory() if args.quick else None  # a smoke run leaves the cache alone
+    # Shares the quickstart's rewards and TFPO doctor.
+    root = pathlib.Path(scratch.name) if scratch else cache_dir() / "quickstart" / settings.digest()
+    train_batch = 2 if args.quick else 8
+    patient, tokenizer = load_model("default", device=args.device)
     rewards_path = root / "rewards.safetensors"
     if not rewards_path.exists():
-        acquire_rewards(patient, tokenizer, bundled_preferences("train"), rewards_path,
+        acquire_rewards(patient, tokenizer, bundled_preferences("train")[: 2 if args.quick else None], rewards_path,
                         RewardSettings(faces=FACES[settings.faces]), patient_name="default")
     examples = scored_examples(rewards_path, tokenizer, patient)
-    tfpo_doctor = _doctor("tfpo", patient, tokenizer, examples, root / "tfpo", args.steps, settings.lr)
-    arm = _doctor("genarm", patient, tokenizer, examples, root / "genarm", args.steps, settings.lr)
-    prompts = [p.prompt for p in bundled_preferences("test")]
+    tfpo_doctor = _doctor("tfpo", patient, tokenizer, examples, root / "tfpo", args.steps, settings.lr,
+                          batch_size=train_batch)
+    arm = _doctor("genarm", patient, tokenizer, examples, root / "genarm", args.steps, settings.lr,
+                  batch_size=train_batch)
+    prompts = [p.prompt for p in bundled_preferences("test")][: 2 if args.quick else None]
     sampling = dict(seed=0, max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.9)
     print(f"[quality] {len(prompts)} prompts: patient x {args.base_samples}, steered x {args.samples}",
           file=sys.stderr, flush=True)
@@ -128,7 +138,7 @@ def main() -> None:
     small = None
     if args.small_doctor:  # the weak-to-strong setting: lr / 5 as in the quickstart, since every weight trains
         small = _doctor("tfpo", patient, tokenizer, examples, root / "tfpo_small", args.steps, settings.lr / 5,
-                        small_from=args.small_doctor)
+                        small_from=args.small_doctor, batch_size=train_batch)
         layers = small.lm.config.num_hidden_layers
         steered += [(f"LLMdoctor TFPO, {layers}-layer distilled doctor (beta {b})", small.lm, 1.0, b) for b in (0.5, 1.0)]
         steered += [(f"LLMdoctor TFPO, {layers}-layer distilled doctor (alpha 0.5, beta 0.5)", small.lm, 0.5, 0.5)]
@@ -140,31 +150,38 @@ def main() -> None:
     # Fluency of the trained doctors themselves (decision 8), teacher-forced on held-out patient text.
     from fastdoctor.llmdoctor import distill
 
-    held_out = distill.chat_sequences(tokenizer, bundled_preferences("test"), responses="chosen")
+    held_out = distill.chat_sequences(tokenizer, bundled_preferences("test"), responses="chosen")[: len(prompts)]
     doctors = [("TFPO doctor", tfpo_doctor.lm), ("GenARM ARM", arm.lm)] + ([("small TFPO doctor", small.lm)] if small else [])
     agreement = {name: distill.agreement(patient, lm, held_out) for name, lm in doctors}
     print(f"[quality] doctor agreement with the patient: {agreement}", file=sys.stderr, flush=True)
     for row in rows:
         row.setdefault("win_rate", float("nan"))
         row["reward_text"] = f"{row['reward']:.3f} ± {row['reward_se']:.3f}"
-    meta = {**run_meta("cpu"), "prompts": len(prompts), "samples_per_prompt": args.samples,
-            "patient_samples_per_prompt": args.base_samples,
-            "max_new_tokens": args.max_new_tokens, "doctor_training_steps": args.steps,
-            "quickstart_settings": dataclasses.asdict(settings), "doctor_agreement": agreement,
-            "small_doctor": args.small_doctor}
+    small_label = display_path(args.small_doctor) if args.small_doctor else None
+    meta = run_meta(args.device, prompts=len(prompts), samples_per_prompt=args.samples,
+                    patient_samples_per_prompt=args.base_samples, max_new_tokens=args.max_new_tokens,
+                    doctor_training_steps=args.steps, doctor_train_batch=train_batch,
+                    quickstart_settings=dataclasses.asdict(settings), doctor_agreement=agreement,
+                    small_doctor=small_label, quick=args.quick)
     columns = [("method", "method"), ("reward_text", "VADER reward (mean ± SE)"), ("win_rate", "win rate vs patient (paired seeds)"),
                ("distinct_2", "distinct-2"), ("distinct_3", "distinct-3"), ("perplexity", "patient perplexity"),
                ("tokens_per_s", "tokens/s"), ("samples", "samples")]
-    write_results("quality", "cpu", meta, [{k: v for k, v in r.items() if k != "scores"} for r in rows], columns,
-                  note=f"Bundled positivity task, {len(prompts)} held-out prompts, top-p 0.9, temperature 1, "
-                       f"{args.max_new_tokens} new tokens; doctors are LoRA copies of the patient trained {args.steps} "
-                       "steps x 8 pairs (TFPO with the fitted value ramp)" +
-                       (f", except the distilled doctor ({args.small_doctor}, all weights trained)" if small else "") +
-                       ". Doctors against the patient (teacher-forced on held-out patient text): " +
-                       "; ".join(f"{name}: greedy agreement {a['greedy_agreement']:.3f}, perplexity {a['perplexity']:.1f}"
-                                 for name, a in agreement.items()) + ".")
-    plot(rows, RESULTS / "quality_cpu.png")
-    print((RESULTS / "quality_cpu.md").read_text())
+    title = "quality (--quick smoke run: throwaway doctors, 4 tokens)" if args.quick else "quality"
+    _, md_path = write_results(
+        "quality", args.device, meta, [{k: v for k, v in r.items() if k != "scores"} for r in rows], columns,
+        out=args.out, title=title,
+        note=f"Bundled positivity task, {len(prompts)} held-out prompts, top-p 0.9, temperature 1, "
+             f"{args.max_new_tokens} new tokens; doctors are LoRA copies of the patient trained {args.steps} "
+             f"steps x {train_batch} pairs (TFPO with the fitted value ramp)" +
+             (f", except the distilled doctor ({small_label}, all weights trained)" if small else "") +
+             "; tokens/s: one timed sampling run per method. Doctors against the patient (teacher-forced on "
+             "held-out patient text): " +
+             "; ".join(f"{name}: greedy agreement {a['greedy_agreement']:.3f}, perplexity {a['perplexity']:.1f}"
+                       for name, a in agreement.items()) + ".")
+    plot(rows, result_stem(args.out, "quality", args.device).with_suffix(".png"))
+    print(md_path.read_text())
+    if scratch:
+        scratch.cleanup()
 
 
 if __name__ == "__main__":

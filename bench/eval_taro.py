@@ -16,16 +16,21 @@ Three measurements:
 
     fastdoctor taro train-rm --out RM ...; fastdoctor taro train-router --rm RM --out ROUTER ...
     python bench/eval_taro.py --rm RM --router ROUTER [--per-level 20] [--reuse-solutions]
-                              [--levels 0 --per-level 60 --name taro_eval_level0]
+                              [--levels 0 --per-level 60 --name taro_eval_level0] [--device cpu|cuda] [--out DIR]
+    python bench/eval_taro.py --quick   # a smoke run: without --rm/--router, an untrained copy of the patient
+                                        # as the RM and a fresh, untrained taro.Router
 
-Writes bench/results/taro_eval_cpu.{json,md} and bench/results/taro_alpha_trace_cpu.png; the reward model's
-held-out pair accuracy and the router's training summary are copied from their saved JSON.
+Writes <out>/taro_eval_<hardware>.{json,md} and <out>/taro_alpha_trace_<hardware>.png; the reward model's
+held-out pair accuracy and the router's training summary are copied from their saved JSON. --rm-summary writes
+<out>/taro_rm_<hardware>.{json,md} instead.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import pathlib
+import tempfile
 
 import torch
 
@@ -33,122 +38,156 @@ import fastdoctor
 from fastdoctor import taro
 from fastdoctor.taro.reasoning import load_problems, load_step_pairs
 from fastdoctor.taro.evaluate import (MAX_NEW_TOKENS, eval_subset, evaluate, evaluate_next_steps, markdown_table,
-                                  plot_alpha_traces)
-from common import RESULTS, run_meta
+                                      plot_alpha_traces)
+from common import add_options, display_path, dtype_name, result_stem, run_meta, start, write_results
+
+QUICK_TOKENS, QUICK_PAIRS = 8, 3  # a --quick run: new tokens per continuation, held-out step pairs
 
 
 def teacher_forced_table(tf: dict) -> str:
     lines = ["| variant | NLL/token | top-1 | NLL/token digits | top-1 digits |", "|---|---|---|---|---|"]
+    digits_nll, digits_top1 = tf.get("nll_digits", {}), tf.get("top1_digits", {})  # absent without digit tokens
     for name in tf["nll"]:
         lines.append(f"| {name} | {tf['nll'][name]['all']:.4f} | {tf['top1'][name]['all']:.4f} | "
-                     f"{tf['nll_digits'][name]:.4f} | {tf['top1_digits'][name]:.4f} |")
+                     f"{digits_nll.get(name, float('nan')):.4f} | {digits_top1.get(name, float('nan')):.4f} |")
     return "\n".join(lines)
 
 
-def rm_summary(paths: list[str], threads: int) -> None:
-    """taro_rm_cpu.{json,md}: held-out step-pair accuracy of the patient (the untrained RM) and of each trained
-    reward model (from its taro_rm.json), on all 120 held-out pairs."""
-    from fastdoctor.taro.reasoning import load_step_pairs
-
-    torch.set_num_threads(threads)
-    patient, tokenizer = fastdoctor.load_model("default")
-    pairs = taro.step_pair_tokens(tokenizer, load_step_pairs("test"))
+def rm_summary(args, dtype) -> None:
+    """taro_rm_<hardware>.{json,md}: held-out step-pair accuracy of the patient (the untrained RM) and of each
+    trained reward model (from its taro_rm.json), on all 120 held-out pairs (--quick: the first 4)."""
+    patient, tokenizer = fastdoctor.load_model("default", dtype=dtype, device=args.device)
+    pairs = taro.step_pair_tokens(tokenizer, load_step_pairs("test")[: 4 if args.quick else None])
     rows = [{"model": "patient (untrained RM)", **taro.pair_accuracy(patient, pairs, beta_r=1.0,
                                                                      pad_id=tokenizer.eos_token_id)}]
-    for path in paths:
+    for path in args.rm_summary:
         info = json.loads((pathlib.Path(path) / "taro_rm.json").read_text())["info"]
         rows.append({"model": f"RM beta_r {info['beta_r']}, LoRA r {info['lora']['rank']} on "
                               f"{info['lora'].get('layers', 'all')} layers, {info['config']['steps']} steps x "
                               f"{info['config']['batch_size']}, lr {info['config']['lr']}", **info["held_out_after"]})
-    meta = run_meta("cpu")
-    stem = RESULTS / "taro_rm_cpu"
-    stem.with_suffix(".json").write_text(json.dumps({"benchmark": "taro_rm", **meta, "rows": rows}, indent=1) + "\n")
-    levels = sorted(rows[0]["by_level"])
-    errors = sorted(rows[0]["by_error_type"])
-    lines = [f"# TARo reward model: held-out step-pair accuracy ({meta['hardware']})", "",
-             f"torch {meta['torch']}, {meta['date']}. Pair accuracy = the RM's summed log-prob of the chosen step beats "
-             "the rejected one's, given chat prompt + earlier steps; 120 held-out pairs (30 per level). fp32 scoring.",
-             "", "| model | pairs | accuracy | mean margin | " + " | ".join(f"L{lv}" for lv in levels) + " | " +
-             " | ".join(errors) + " |", "|" + "---|" * (4 + len(levels) + len(errors))]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['pairs']} | {r['accuracy']:.3f} | {r['margin']:.2f} | " +
-                     " | ".join(f"{r['by_level'][lv]:.2f}" for lv in levels) + " | " +
-                     " | ".join(f"{r['by_error_type'][e]:.2f}" for e in errors) + " |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    levels, errors = sorted(rows[0]["by_level"]), sorted(rows[0]["by_error_type"])
+    for row in rows:  # flat columns for the table; the nested dicts stay in the JSON
+        row.update({f"L{lv}": row["by_level"].get(lv) for lv in levels})
+        row.update({e: row["by_error_type"].get(e) for e in errors})
+    columns = ([("model", "model"), ("pairs", "pairs"), ("accuracy", "accuracy"), ("margin", "mean margin")] +
+               [(f"L{lv}", f"L{lv}") for lv in levels] + [(e, e) for e in errors])
+    meta = run_meta(args.device, dtype=dtype_name(dtype), reward_models=[display_path(p) for p in args.rm_summary])
+    _, md_path = write_results(
+        "taro_rm", args.device, meta, rows, columns, out=args.out,
+        title="TARo reward model: held-out step-pair accuracy",
+        note="Pair accuracy = the RM's summed log-prob of the chosen step beats the rejected one's, given chat prompt "
+             f"+ earlier steps; {len(pairs)} held-out pairs (30 per level in a full run); {dtype_name(dtype)} scoring.")
+    print(md_path.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rm", default=None)
     parser.add_argument("--router", default=None)
-    parser.add_argument("--rm-summary", nargs="+", default=None, metavar="RM",
-                        help="only write taro_rm_cpu.{json,md}: the patient's and these RMs' held-out pair accuracy")
+    parser.add_argument("--rm-summary", nargs="*", default=None, metavar="RM",
+                        help="only write taro_rm_<hardware>.{json,md}: the patient's and these RMs' held-out pair "
+                             "accuracy")
     parser.add_argument("--per-level", type=int, default=20)
     parser.add_argument("--levels", type=int, nargs="+", default=None,
                         help="evaluate only these difficulty levels (default: all); --name keeps their results apart")
     parser.add_argument("--genarm-alpha", type=float, action="append", default=[])
     parser.add_argument("--batch-size", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default=None, help="router cache of the subset's gold solutions (default: "
                                                       "<router>.cache/test, as train-router writes it)")
     parser.add_argument("--reuse-solutions", action="store_true",
                         help="keep the full-solution results of an earlier run (same RM, router and subset)")
     parser.add_argument("--name", default="taro_eval")
+    add_options(parser, quick=f"2 level-0 problems, {QUICK_PAIRS} step pairs, {QUICK_TOKENS} new tokens, "
+                              "one GenARM alpha; without --rm/--router an untrained RM and router (a smoke run)",
+                dtype="base and reward model weights (default: float32 everywhere: accuracy results are fp32)",
+                threads=1)
     args = parser.parse_args()
-    if args.rm_summary:
-        return rm_summary(args.rm_summary, args.threads)
-    if not (args.rm and args.router):
-        parser.error("--rm and --router are required (or --rm-summary)")
-    torch.set_num_threads(args.threads)
+    start(args)
+    dtype = getattr(torch, args.dtype or "float32")
+    if args.rm_summary is not None:
+        return rm_summary(args, dtype)
+    if not (args.rm and args.router) and not args.quick:
+        parser.error("--rm and --router are required (or --rm-summary, or --quick for a smoke run)")
+    if args.quick:
+        args.per_level, args.levels = 2, args.levels or [0]
+        args.genarm_alpha = args.genarm_alpha[:1] or [1.0]
     import transformers
 
     transformers.logging.disable_progress_bar()
     genarm_alphas = args.genarm_alpha or [0.25, 0.5, 1.0]
-    patient, tokenizer = fastdoctor.load_model("default")
-    rm, _ = taro.load_reward_model(args.rm, tokenizer=tokenizer)
-    router = taro.load_router(args.router, vocab_size=patient.get_output_embeddings().weight.shape[0],
-                              tokenizer=tokenizer)
-    stem = RESULTS / f"{args.name}_cpu"
+    patient, tokenizer = fastdoctor.load_model("default", dtype=dtype, device=args.device)
+    vocab = patient.get_output_embeddings().weight.shape[0]
+    smoke = not (args.rm and args.router)
+    if args.rm:
+        rm = taro.load_reward_model(args.rm, tokenizer=tokenizer, dtype=dtype, device=args.device)[0]
+        rm_info = json.loads((pathlib.Path(args.rm) / "taro_rm.json").read_text())["info"]
+    else:
+        rm, rm_info = copy.deepcopy(patient), {}
+    if args.router:
+        router = taro.load_router(args.router, vocab_size=vocab, tokenizer=tokenizer, device=args.device)
+        router_meta = taro.read_router_meta(args.router)
+    else:
+        router = taro.Router(vocab).to(args.device).eval()
+        router_meta = {**router.config(), "k": router.k, "info": {}}
+    stem = result_stem(args.out, args.name, args.device)
+    rm_label = display_path(args.rm) if args.rm else "an untrained copy of the patient (smoke run)"
+    router_label = display_path(args.router) if args.router else "a fresh, untrained taro.Router (smoke run)"
     held_out = [p for p in load_problems("test") if args.levels is None or p.level in args.levels]
     subset = eval_subset(held_out, args.per_level)
+    limits = {level: QUICK_TOKENS for level in MAX_NEW_TOKENS} if args.quick else MAX_NEW_TOKENS
     previous = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").exists() else {}
     if (args.reuse_solutions and previous.get("subset", {}).get("ids") == [p.id for p in subset]
-            and previous.get("reward_model", {}).get("path") == args.rm
-            and previous.get("router", {}).get("path") == args.router):
+            and previous.get("reward_model", {}).get("path") == rm_label
+            and previous.get("router", {}).get("path") == router_label):
         solutions = {k: previous[k] for k in ("subset", "max_new_tokens", "decoding", "variants")}
-        print("[taro-eval] reusing the full-solution results of", stem.with_suffix(".json"))
+        print("[taro-eval] reusing the full-solution results of", display_path(stem.with_suffix(".json")))
     else:
         solutions = evaluate(patient, tokenizer, rm=rm, router=router, problems=held_out, per_level=args.per_level,
-                             genarm_alphas=genarm_alphas, batch_size=args.batch_size)
+                             genarm_alphas=genarm_alphas, batch_size=args.batch_size, max_new_tokens=limits)
     step_pairs = [p for p in load_step_pairs("test") if args.levels is None or p.level in args.levels]
-    next_steps = evaluate_next_steps(patient, tokenizer, rm=rm, router=router, pairs=step_pairs,
-                                     genarm_alphas=genarm_alphas, batch_size=args.batch_size)
-    cache_dir = pathlib.Path(args.cache) if args.cache else pathlib.Path(args.router).with_name(
-        pathlib.Path(args.router).name + ".cache") / ("test" if args.levels is None else
-                                                      "test-L" + "".join(map(str, sorted(args.levels))))
+    next_steps = evaluate_next_steps(patient, tokenizer, rm=rm, router=router,
+                                     pairs=step_pairs[:QUICK_PAIRS] if args.quick else step_pairs,
+                                     genarm_alphas=genarm_alphas, batch_size=args.batch_size,
+                                     max_new_tokens=QUICK_TOKENS if args.quick else 40)
+    scratch = tempfile.TemporaryDirectory() if smoke else None  # an untrained router's cache is not worth keeping
+    if scratch:
+        cache_dir = pathlib.Path(scratch.name) / "cache"
+    else:
+        cache_dir = pathlib.Path(args.cache) if args.cache else pathlib.Path(args.router).with_name(
+            pathlib.Path(args.router).name + ".cache") / ("test" if args.levels is None else
+                                                          "test-L" + "".join(map(str, sorted(args.levels))))
     cache = taro.build_router_cache(patient, rm, tokenizer, subset, cache_dir)
     convex = sorted({0.0, 1.0, 0.5, *(round(a / (1 + a), 4) for a in genarm_alphas)})
     teacher_forced = taro.evaluate_routing_nll(cache, router=router, fixed_alphas=convex,
                                                digit_ids=taro.digit_token_ids(tokenizer))
+    if scratch:
+        scratch.cleanup()
 
-    rm_info = json.loads((pathlib.Path(args.rm) / "taro_rm.json").read_text())["info"]
-    router_meta = taro.read_router_meta(args.router)
-    meta = run_meta("cpu")
-    payload = {"benchmark": args.name, **meta, "patient": "SmolLM2-135M-Instruct (float32)",
-               "reward_model": {"path": args.rm, **{k: rm_info.get(k) for k in
-                                                    ("beta_r", "lora", "train_pairs", "config", "held_out_before",
-                                                     "held_out_after")}},
-               "router": {"path": args.router, **{k: router_meta[k] for k in ("k", "embed_dim", "hidden", "vocab_size")},
-                          **{k: router_meta["info"].get(k) for k in ("entropy_weight", "config", "train_problems",
-                                                                     "train_tokens", "final_train")}},
-               **solutions, "next_step": next_steps, "teacher_forced": teacher_forced}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=1) + "\n")
-    plot_path = RESULTS / ("taro_alpha_trace_cpu.png" if args.name == "taro_eval" else f"{args.name}_alpha_trace_cpu.png")
+    plot_name = "taro_alpha_trace" if args.name == "taro_eval" else f"{args.name}_alpha_trace"
+    plot_path = result_stem(args.out, plot_name, args.device).with_suffix(".png")
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
     plot_alpha_traces(next(v["records"] for v in solutions["variants"] if v["kind"] == "router"), tokenizer, plot_path)
+    info = router_meta["info"]
+    meta = run_meta(args.device, patient=f"SmolLM2-135M-Instruct ({dtype_name(dtype)})", smoke_run=smoke,
+                    quick=args.quick,
+                    reward_model={"path": rm_label, **{k: rm_info.get(k) for k in
+                                                       ("beta_r", "lora", "train_pairs", "config", "held_out_before",
+                                                        "held_out_after")}},
+                    router={"path": router_label, **{k: router_meta[k] for k in ("k", "embed_dim", "hidden",
+                                                                                 "vocab_size")},
+                            **{k: info.get(k) for k in ("entropy_weight", "config", "train_problems", "train_tokens",
+                                                        "final_train")}},
+                    **solutions, next_step=next_steps, teacher_forced=teacher_forced)
+    # The summary table: one row per variant; the per-level tables follow as sections.
+    next_by_name = {v["name"]: v for v in next_steps["variants"]}
+    rows = [{"variant": v["name"], "solutions": v["accuracy"]["all"]["accuracy"],
+             "solutions_se": v["accuracy"]["all"]["se"], "solutions_s": v["seconds"],
+             "next_step": next_by_name[v["name"]]["accuracy"]["all"]["accuracy"],
+             "next_step_s": next_by_name[v["name"]]["seconds"]} for v in solutions["variants"]]
+    columns = [("variant", "variant"), ("solutions", "full-solution accuracy"), ("solutions_se", "s.e."),
+               ("next_step", "next-step accuracy"), ("solutions_s", "solutions s"), ("next_step_s", "next step s")]
 
-    rm_line = ""
+    rm_line = "Reward model: an untrained copy of the patient (smoke run)."
     before, after = rm_info.get("held_out_before"), rm_info.get("held_out_after")
     if after:
         rm_line = (f"Reward model: a LoRA copy of the patient (beta_r {rm_info['beta_r']}, LoRA r {rm_info['lora']['rank']} "
@@ -157,27 +196,30 @@ def main() -> None:
                    f"{after['accuracy']:.3f} on {after['pairs']} pairs" +
                    (f" (before training, i.e. the patient: {before['accuracy']:.3f} on {before['pairs']})" if before else "") +
                    f"; per level {after['by_level']}; per error type {after['by_error_type']}.")
-    lines = [f"# TARo evaluation on {meta['hardware']}", "",
-             f"torch {meta['torch']}, fastdoctor {meta['fastdoctor']}, {meta['date']}. Patient SmolLM2-135M-Instruct "
-             "(fp32); every variant greedy. genarm a'=x decodes z_base + x z_rm, the convex mix at a = x/(1+x); under "
-             "greedy decoding temperature matching (METHODS.md §3.3) changes nothing.", "",
-             f"## Full solutions: final-answer accuracy ± s.e. (held-out, first {args.per_level} problems per level; "
-             f"max new tokens {', '.join(f'L{k} {v}' for k, v in MAX_NEW_TOKENS.items() if args.levels is None or k in args.levels)})", "",
-             markdown_table(solutions), "",
-             f"## Next step: first equation exact and equal to the correct step's result ({next_steps['contexts']} "
-             "distinct held-out step-pair contexts, 40 new tokens)", "",
-             markdown_table(next_steps), "",
-             f"## Teacher-forced on the gold solutions of the same subset ({teacher_forced['tokens']} tokens, "
-             f"{teacher_forced['digit_tokens']} digit tokens); fixed a = convex weight of the RM", "",
-             teacher_forced_table(teacher_forced), "",
-             f"Router mean alpha (teacher-forced): {teacher_forced['router_alpha_mean']}.", "",
-             rm_line, "",
-             f"Router: K {router_meta['k']}, d {router_meta['embed_dim']}, H {router_meta['hidden']}, trained "
-             f"{router_meta['info']['config']['steps']} steps x {router_meta['info']['config']['batch_size']} gold "
-             f"solutions of the train split ({router_meta['info']['train_tokens']} tokens), entropy weight "
-             f"{router_meta['info']['entropy_weight']}. Alpha traces: {plot_path.name}."]
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print(stem.with_suffix(".md").read_text())
+    router_line = (f"Router: K {router_meta['k']}, d {router_meta['embed_dim']}, H {router_meta['hidden']}, "
+                   + (f"trained {info['config']['steps']} steps x {info['config']['batch_size']} gold solutions of the "
+                      f"train split ({info['train_tokens']} tokens), entropy weight {info['entropy_weight']}"
+                      if info.get("config") else "fresh and untrained (smoke run)") +
+                   f". Alpha traces: {plot_path.name}.")
+    budgets = ", ".join(f"L{k} {v}" for k, v in limits.items() if args.levels is None or k in args.levels)
+    sections = [
+        f"## Full solutions: final-answer accuracy ± s.e. (held-out, first {args.per_level} problems per level; "
+        f"max new tokens {budgets})",
+        markdown_table(solutions),
+        f"## Next step: first equation exact and equal to the correct step's result ({next_steps['contexts']} "
+        f"distinct held-out step-pair contexts, {next_steps['max_new_tokens']} new tokens)",
+        markdown_table(next_steps),
+        f"## Teacher-forced on the gold solutions of the same subset ({teacher_forced['tokens']} tokens, "
+        f"{teacher_forced.get('digit_tokens', 0)} digit tokens); fixed a = convex weight of the RM",
+        teacher_forced_table(teacher_forced),
+        f"Router mean alpha (teacher-forced): {teacher_forced['router_alpha_mean']}.", rm_line, router_line]
+    title = "TARo evaluation" + (" (smoke run: untrained RM and router)" if smoke else "")
+    _, md_path = write_results(
+        args.name, args.device, meta, rows, columns, out=args.out, title=title, sections=sections,
+        note=f"Patient SmolLM2-135M-Instruct ({dtype_name(dtype)}); every variant greedy. genarm a'=x decodes z_base + "
+             "x z_rm, the convex mix at a = x/(1+x); under greedy decoding temperature matching (METHODS.md §3.3) "
+             "changes nothing. Seconds: one timed decoding pass per variant.")
+    print(md_path.read_text())
 
 
 if __name__ == "__main__":

@@ -86,9 +86,10 @@ def evaluate_routing_nll(cache: RouterCache, *, router: Router | None = None,
         if digit_ids is not None:
             groups["digits"] = torch.isin(targets, digit_ids)
         variants = {f"fixed a={a:g}": torch.full_like(targets, a, dtype=torch.float32) for a in fixed_alphas}
-        if router is not None:
-            variants["router"] = router.alpha_from_top_k(rows["base_values"], rows["base_ids"], rows["rm_values"],
-                                                         rows["rm_ids"])
+        if router is not None:  # the router may live on a GPU; the cache's rows are on the CPU
+            device = router.out.weight.device
+            variants["router"] = router.alpha_from_top_k(*(rows[k].to(device) for k in (
+                "base_values", "base_ids", "rm_values", "rm_ids"))).cpu()
         for name, alpha in variants.items():
             mixed = convex_mix(alpha, rows["base_logits"], rows["rm_logits"])
             nll = nn.functional.cross_entropy(mixed, targets, reduction="none")
