@@ -101,7 +101,7 @@ WORKER = """
 import functools, sys, torch
 sys.path.insert(0, {tests!r})
 from fastdoctor.llmdoctor import doctor as doctor_lib, tfpo
-from fastdoctor.train import TrainConfig, init_distributed, train
+from fastdoctor.train import TrainConfig, init_distributed, shutdown_distributed, train
 from conftest import tiny_model
 from conftest import synthetic_examples
 from safetensors.torch import save_file
@@ -112,6 +112,7 @@ train(doc, synthetic_examples(10), loss, TrainConfig(steps=3, batch_size=4, lr=1
       micro_batch_size={micro}), {out!r})
 if rank == 0:
     save_file({{n: p.detach().contiguous() for n, p in doc.named_parameters()}}, {out!r} + "/params.safetensors")
+shutdown_distributed()
 """
 
 

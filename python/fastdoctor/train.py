@@ -12,6 +12,7 @@ the RNG state, so a run resumed from step k continues exactly as the uninterrupt
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import json
@@ -74,9 +75,21 @@ def init_distributed() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        # A process group left to the interpreter's teardown let gloo's threads outlive it: under load a rank
+        # aborted at exit ("terminate called without an active exception"). Destroy it before that.
+        atexit.register(shutdown_distributed, wait=False)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def shutdown_distributed(wait: bool = True) -> None:
+    """Leaves the process group cleanly (after a barrier with wait=True, so no rank tears down while another
+    still talks to it); a no-op when none is initialised."""
+    if dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 @functools.lru_cache(maxsize=4)

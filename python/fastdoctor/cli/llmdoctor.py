@@ -18,7 +18,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from fastdoctor.llmdoctor import distill, tfpo
     from fastdoctor.llmdoctor import recipes
     from fastdoctor.llmdoctor.data import bundled_preferences
-    from fastdoctor.train import TrainConfig, init_distributed
+    from fastdoctor.train import TrainConfig, init_distributed, shutdown_distributed
 
     transformers.logging.disable_progress_bar()
     rank, world = init_distributed()
@@ -59,6 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                             value_ramp=init.value_ramp, resume=not args.no_resume, info=info)
     if rank == 0:
         print(f"[train] wrote {out / 'doctor'} (use it with: fastdoctor generate --doctor {out / 'doctor'})")
+    shutdown_distributed()
     return 0
 
 
