@@ -162,21 +162,21 @@ CASES = [
 VOCAB = 211
 
 
-def tiny_model(family: str, *, vocab: int = VOCAB, layers: int = 2, seed: int = 0):
+def tiny_model(family: str, *, vocab: int = VOCAB, layers: int = 2, seed: int = 0, positions: int = 256):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
     special = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if family == "llama":
         config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **special)
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions, **special)
         model = LlamaForCausalLM(config)
     elif family == "qwen2":
         config = Qwen2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, **special)
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=positions, **special)
         model = Qwen2ForCausalLM(config)
     elif family == "gpt2":
-        config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=layers, n_head=4, n_positions=256, **special)
+        config = GPT2Config(vocab_size=vocab, n_embd=64, n_layer=layers, n_head=4, n_positions=positions, **special)
         model = GPT2LMHeadModel(config)
     else:
         raise ValueError(family)

@@ -388,7 +388,8 @@ def run_cli(*args):
 def cli_runs(tmp_path_factory, tokenizer):
     """train-rm, train-router and eval on a tiny patient with the default tokenizer, a few examples each."""
     root = tmp_path_factory.mktemp("taro_cli")
-    tiny_model("llama", vocab=len(tokenizer), seed=0).save_pretrained(root / "patient")
+    # 1024 positions: the chat prompt of a step-pair context is ~270 tokens (generate refuses to run past them)
+    tiny_model("llama", vocab=len(tokenizer), seed=0, positions=1024).save_pretrained(root / "patient")
     tokenizer.save_pretrained(root / "patient")
     models = ("--patient", str(root / "patient"))
     runs = {"train-rm": run_cli("train-rm", *models, "--out", str(root / "rm"), "--steps", "2", "--batch-size", "2",
