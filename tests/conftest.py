@@ -229,6 +229,21 @@ def synthetic_examples(count: int, seed: int = 0) -> list:
     return out
 
 
+# --- a streamer that records the HF protocol (put(prompt), put(step tokens) ..., end()) ---
+
+class RecordingStreamer:
+    """Records every put (a copy of the tensor) and the end."""
+
+    def __init__(self):
+        self.events = []
+
+    def put(self, value):
+        self.events.append(("put", value.clone()))
+
+    def end(self):
+        self.events.append(("end", None))
+
+
 # --- the CLI on tiny models with the default patient's tokenizer ---
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastdoctor
-from conftest import VOCAB, left_padded_prompts, tiny_model
+from conftest import VOCAB, RecordingStreamer, left_padded_prompts, tiny_model
 
 FAMILIES = ["llama", "qwen2", "gpt2"]
 
@@ -121,17 +121,6 @@ def test_router_hook_sets_the_weights_per_step():
                                  max_new_tokens=10)
     alone = fastdoctor.generate(patient, ids, attention_mask=mask, seed=1, max_new_tokens=10)
     assert torch.equal(routed, alone) and seen == [2] * 10
-
-
-class RecordingStreamer:
-    def __init__(self):
-        self.events = []
-
-    def put(self, value):
-        self.events.append(("put", value.clone()))
-
-    def end(self):
-        self.events.append(("end", None))
 
 
 def test_streamer_gets_prompt_then_each_step_then_end():

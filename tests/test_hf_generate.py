@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fastdoctor
-from conftest import left_padded_prompts, tiny_model
+from conftest import RecordingStreamer, left_padded_prompts, tiny_model
 
 FAMILIES = ["llama", "qwen2", "gpt2"]
 
@@ -67,21 +67,10 @@ def test_eos_pad_and_max_length_come_from_the_generation_config():
     assert torch.equal(ours, direct) and int(ours[0, ids.shape[1] + 3]) == 7
 
 
-class Recorder:
-    def __init__(self):
-        self.events = []
-
-    def put(self, value):
-        self.events.append(("put", value.clone()))
-
-    def end(self):
-        self.events.append(("end", None))
-
-
 def test_the_streamer_given_to_guided_sees_the_whole_protocol():
     patient, doctor = models("llama")
     ids, mask = left_padded_prompts()
-    ours, direct = Recorder(), Recorder()
+    ours, direct = RecordingStreamer(), RecordingStreamer()
     patient.generate(ids, attention_mask=mask, custom_generate=fastdoctor.guided(doctors=[doctor], streamer=ours),
                      do_sample=False, max_new_tokens=5)
     fastdoctor.generate(patient, ids, attention_mask=mask, doctors=[doctor], temperature=0.0, max_new_tokens=5,
