@@ -168,3 +168,24 @@ def test_non_utf8_jsonl_names_the_line(tmp_path):
     path.write_bytes(b'{"a": 1}\n{"b": "\xff"}\n')
     with pytest.raises(ValueError, match=r"prefs.jsonl:2: not UTF-8"):
         list(files.read_jsonl_objects(pathlib.Path(path)))
+
+
+def test_a_doctor_with_nan_weights_is_neither_saved_nor_loaded(tmp_path):
+    from conftest import tiny_model
+    from fastdoctor.llmdoctor import doctor as doctor_lib
+
+    doc = doctor_lib.Doctor(tiny_model("llama"))
+    with torch.no_grad():
+        doc.value_head[0].bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="save_doctor: value_head.0.bias holds NaN"):
+        doctor_lib.save_doctor(doc, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    with torch.no_grad():
+        doc.value_head[0].bias.zero_()
+    doctor_lib.save_doctor(doc, tmp_path / "d")
+    from safetensors.torch import load_file
+    head = load_file(str(tmp_path / "d" / "value_head.safetensors"))
+    head["0.bias"] = torch.full_like(head["0.bias"], float("inf"))
+    save_file(head, str(tmp_path / "d" / "value_head.safetensors"))
+    with pytest.raises(ValueError, match="0.bias holds NaN or inf"):
+        doctor_lib.load_doctor(tmp_path / "d")

@@ -89,6 +89,9 @@ def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info
     from safetensors.torch import save_file
 
     path = pathlib.Path(path)
+    for name, tensor in [*doctor.named_parameters(), *(("ramp", t) for t in [doctor.value_ramp] if t is not None)]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"save_doctor: {name} holds NaN or inf; refusing to write {path}")
     with staged_directory(path) as staging:
         doctor.plain_lm().save_pretrained(staging)
         if tokenizer is not None:
