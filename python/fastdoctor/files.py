@@ -33,7 +33,8 @@ def recover_directory(path: pathlib.Path) -> None:
 
     A commit renames `path` to a unique `.<name>.old-*` sibling, then the staging folder to `path`. Killed
     between the two, `path` is missing and the old version is intact beside it: it is put back. Staging
-    folders (`.<name>.stage-*`) are never complete versions and are removed."""
+    folders (`.<name>.stage-*`) are never complete versions and are removed: call it only where no other
+    process is writing `path` (the start of a training run)."""
     path = pathlib.Path(path)
     if not path.parent.is_dir():
         return
@@ -46,11 +47,12 @@ def recover_directory(path: pathlib.Path) -> None:
 
 def atomic_directory(path: pathlib.Path) -> tuple[pathlib.Path, Callable[[], None]]:
     """(a temporary sibling folder to fill, commit). commit() fsyncs the staged files and swaps the folder in
-    with two renames; a kill between them is undone by recover_directory, which runs here first. On failure
-    the caller removes the staging folder. Staging and old names are unique, so two writers cannot collide."""
+    with two renames; a kill between them is undone by recover_directory, which the reader that resumes from
+    `path` runs first (train does; it is not run here, where it could take another writer's staging folder
+    for stale). On failure the caller removes the staging folder. Staging and old names are unique, so two
+    writers never write into the same folder."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    recover_directory(path)
     staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.stage-", dir=path.parent))
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; a committed folder follows the user's umask
 

@@ -98,7 +98,8 @@ def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
     doctor = Doctor(lm, value_hidden=value_hidden, value_ramp=value_ramp)
     pad, device = pad_id(tokenizer), next(lm.parameters()).device
     info = dict(info or {})
-    recover_directory(out / "checkpoint")
+    if _is_main_process():
+        recover_directory(out / "checkpoint")  # a commit a kill interrupted (see files.recover_directory)
     fit_path = out / "value_ramp_fit.json"
     if value_ramp and not (resume and (out / "checkpoint" / "state.json").exists()):
         fit = tfpo.fit_value_ramp(doctor, examples, settings, pad_id=pad, device=device)
