@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 
+import torch
+
 
 def _fsync(path: pathlib.Path) -> None:
     """Flush a file, or a folder's entries, to disk (a rename is only as durable as what it renames)."""
@@ -89,21 +91,38 @@ def staged_directory(path: pathlib.Path) -> Iterator[pathlib.Path]:
         raise
 
 
-def write_json(path: pathlib.Path, payload) -> None:
-    """Atomic JSON write (a unique temporary file, fsynced, then renamed)."""
+def first_non_finite(named_tensors) -> str | None:
+    """The name of the first floating tensor of (name, tensor) pairs that holds NaN or inf, else None: what
+    loaders and savers check before trusting weights."""
+    for name, tensor in named_tensors:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+@contextlib.contextmanager
+def atomic_file(path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """`with atomic_file(path) as temporary:` write `temporary` (a unique sibling); a clean exit fsyncs it, gives
+    it the umask's mode and renames it over `path`, an exception removes it and leaves `path` as it was."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    temporary = pathlib.Path(name)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(payload, indent=1))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())
+        yield temporary
+        _fsync(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(temporary, path)
     except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
+
+
+def write_json(path: pathlib.Path, payload) -> None:
+    """Atomic JSON write (atomic_file)."""
+    with atomic_file(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=1))
 
 
 def read_format_json(folder: str | os.PathLike, name: str, expected_format: str, kind: str) -> dict:

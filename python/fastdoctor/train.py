@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from .files import recover_directory, staged_directory
+from .files import first_non_finite, recover_directory, staged_directory
 from .progress import Progress
 
 LossFn = Callable[[list], tuple[torch.Tensor, dict]]
@@ -180,7 +180,7 @@ def load_checkpoint(path: pathlib.Path, model, optimizer, signature: dict) -> in
             found = tuple(weights[name].shape) if name in weights else "missing"
             raise ValueError(f"{path}/trainable.safetensors: {name} is {found}, the model's is {tuple(p.shape)}")
     for file, tensors in (("trainable", weights), ("optimizer", moments)):
-        bad = next((k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+        bad = first_non_finite(tensors.items())
         if bad is not None:
             raise ValueError(f"{path}/{file}.safetensors: {bad} holds NaN or inf; the checkpoint is unusable")
     with torch.no_grad():

@@ -16,7 +16,7 @@ import pathlib
 import torch
 from torch import nn
 
-from ..files import read_format_json, staged_directory
+from ..files import first_non_finite, read_format_json, staged_directory
 from ..models import check_safetensors_folder, hidden_size
 from ..sequences import SequenceBatch, response_log_probs, run_lm
 from ..tokens import vocab_fingerprint
@@ -89,9 +89,9 @@ def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info
     from safetensors.torch import save_file
 
     path = pathlib.Path(path)
-    for name, tensor in [*doctor.named_parameters(), *(("ramp", t) for t in [doctor.value_ramp] if t is not None)]:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"save_doctor: {name} holds NaN or inf; refusing to write {path}")
+    bad = first_non_finite(doctor.named_parameters())  # the value ramp is one of them
+    if bad is not None:
+        raise ValueError(f"save_doctor: {bad} holds NaN or inf; refusing to write {path}")
     with staged_directory(path) as staging:
         doctor.plain_lm().save_pretrained(staging)
         if tokenizer is not None:
@@ -128,9 +128,9 @@ def load_doctor(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, 
         head = load_file(str(path / "value_head.safetensors"))
     except Exception as error:  # safetensors and transformers raise their own types for corrupt files
         raise ValueError(f"{path}: cannot load the doctor's weights ({error})") from None
-    for name, tensor in [*lm.state_dict().items(), *head.items()]:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"{path}: the doctor's weight {name} holds NaN or inf; refusing to steer with it")
+    bad = first_non_finite([*lm.state_dict().items(), *head.items()])
+    if bad is not None:
+        raise ValueError(f"{path}: the doctor's weight {bad} holds NaN or inf; refusing to steer with it")
     if hidden_size(lm.config) != meta["hidden_size"]:
         raise ValueError(f"{path}: doctor.json says hidden size {meta['hidden_size']}, the LM has "
                          f"{hidden_size(lm.config)}")

@@ -15,13 +15,13 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Sequence
 
 import torch
 
 from .. import ops
+from ..files import atomic_file
 from ..kv_cache import cache_kwargs, output_cache
 from ..models import logits_width
 from ..progress import Progress
@@ -193,19 +193,10 @@ def _fingerprint(settings: RewardSettings, tokenizer, data_digest: str, patient_
 
 
 def _atomic_save(tensors: dict, path: pathlib.Path, metadata: dict) -> None:
-    """safetensors written to a unique temporary sibling, fsynced, then renamed over `path`."""
     from safetensors.torch import save_file
 
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, temporary, metadata=metadata)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        pathlib.Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as temporary:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
 
 
 def _pairs_to_tensors(scored: Sequence[ScoredPair]) -> dict[str, torch.Tensor]:
