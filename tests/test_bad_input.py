@@ -43,6 +43,25 @@ def run(**kwargs):
     (dict(attention_mask=MASK * 2), ValueError, "attention_mask: expected 0 .* and 1 .* only"),
     (dict(attention_mask=MASK.tolist()), ValueError, "attention_mask: expected a tensor"),
     (dict(input_ids=IDS.masked_fill(MASK == 1, VOCAB + 1)), ValueError, "input_ids: token ids outside"),
+    (dict(input_ids=IDS.float()), TypeError, "input_ids: expected dtype torch.int64"),
+    (dict(input_ids=IDS[:0], attention_mask=MASK[:0]), ValueError, r"input_ids: expected a non-empty prompt"),
+    (dict(attention_mask=MASK[:, 1:]), ValueError, r"attention_mask: expected a tensor of shape \[3, 7\] on cpu, "
+                                                   r"got shape \[3, 6\]"),
+    (dict(temperature=-1.0), ValueError, "temperature: expected finite values >= 0"),
+    (dict(temperature=float("nan")), ValueError, "temperature: expected finite values"),
+    (dict(temperature="1"), TypeError, "temperature: expected a number"),
+    (dict(top_p=0.0), ValueError, r"top_p: expected values in \(0, 1\]"),
+    (dict(top_p=float("nan")), ValueError, r"top_p: expected values in \(0, 1\]"),
+    (dict(top_k=-1), ValueError, "top_k: expected values >= 0"),
+    (dict(seed=torch.tensor([1.5, 2.0, 3.0])), TypeError, "seed: expected an integer tensor"),
+    (dict(seed=[1, 2]), ValueError, r"seed: expected one value per row, shape \[3\]"),
+    (dict(alpha=float("nan")), ValueError, "alpha: expected finite mixing weights"),
+    (dict(doctors=[DOCTOR], betas=[float("inf")]), ValueError, r"betas\[0\]: expected finite mixing weights"),
+    (dict(doctors=[DOCTOR], betas=["a"]), TypeError, r"betas\[0\]: expected a number"),
+    (dict(doctors=[DOCTOR], betas=[1.0, 2.0]), ValueError, r"betas: expected one weight per doctor \(1\), got 2"),
+    (dict(doctors=DOCTOR), TypeError, "doctors: expected a list of HF causal LMs, got LlamaForCausalLM"),
+    (dict(doctors=[None]), TypeError, r"doctors\[0\]: expected an HF causal LM, got NoneType"),
+    (dict(streamer=5), TypeError, r"streamer: expected an HF streamer \(with put\(\) and end\(\)\), got int"),
 ])
 def test_generate_refuses(kwargs, error, match):
     with pytest.raises(error, match=match):

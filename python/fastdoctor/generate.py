@@ -40,6 +40,15 @@ def _check_models(patient, doctors: Sequence, device: torch.device, vocab_size: 
     return widths[0]
 
 
+def _check_doctor_list(doctors) -> list:
+    if isinstance(doctors, torch.nn.Module) or not isinstance(doctors, (list, tuple)):
+        raise TypeError(f"doctors: expected a list of HF causal LMs, got {type(doctors).__name__}")
+    for i, doctor in enumerate(doctors):
+        if not (isinstance(doctor, torch.nn.Module) and callable(getattr(doctor, "get_output_embeddings", None))):
+            raise TypeError(f"doctors[{i}]: expected an HF causal LM, got {type(doctor).__name__}")
+    return list(doctors)
+
+
 def _row_seeds(seed, generator: torch.Generator | None, batch: int, device: torch.device) -> torch.Tensor:
     """Per-row Philox seeds: a per-row sequence/tensor as given, an int s as s + row, else drawn from
     `generator` (or torch's default generator, so torch.manual_seed makes runs repeatable)."""
@@ -212,7 +221,7 @@ def generate(
                          f"{list(input_ids.shape)}")
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    doctors = list(doctors)
+    doctors = _check_doctor_list(doctors)
     device = _device_of(patient)
     if input_ids.device != device:
         raise ValueError(f"input_ids: on {input_ids.device}, but the patient is on {device}")
@@ -222,16 +231,21 @@ def generate(
         attention_mask = torch.ones_like(input_ids)
     elif not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape or \
             attention_mask.device != device:
-        raise ValueError(f"attention_mask: expected a tensor of shape {list(input_ids.shape)} on {device}, got "
-                         f"{attention_mask!r:.80}")
+        got = (f"shape {list(attention_mask.shape)} on {attention_mask.device}"
+               if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__)
+        raise ValueError(f"attention_mask: expected a tensor of shape {list(input_ids.shape)} on {device}, got {got}")
     _check_prompt(input_ids, attention_mask, max_new_tokens, [patient, *doctors])
     if betas is None:
         betas = [1.0] * len(doctors)
     if len(betas) != len(doctors):
         raise ValueError(f"betas: expected one weight per doctor ({len(doctors)}), got {len(betas)}")
 
-    weights = torch.stack([ops.as_row_tensor(w, name, batch, torch.float32, device) for w, name in
-                           zip([alpha, *betas], ["alpha", *[f"betas[{i}]" for i in range(len(betas))]])], dim=1)
+    weight_names = ["alpha", *[f"betas[{i}]" for i in range(len(betas))]]
+    weights = torch.stack([ops.as_row_tensor(w, name, batch, torch.float32, device)
+                           for w, name in zip([alpha, *betas], weight_names)], dim=1)
+    bad_weights = [name for name, ok in zip(weight_names, torch.isfinite(weights).all(dim=0).tolist()) if not ok]
+    if bad_weights:
+        raise ValueError(f"{bad_weights[0]}: expected finite mixing weights, got NaN or inf")
     temperature_t = ops.as_row_tensor(temperature, "temperature", batch, torch.float32, device)
     top_k_t = ops.as_row_tensor(top_k, "top_k", batch, torch.int64, device)
     top_p_t = ops.as_row_tensor(top_p, "top_p", batch, torch.float32, device)
@@ -248,6 +262,8 @@ def generate(
     interval = eos_check_interval or (1 if device.type == "cpu" else 8)
 
     if streamer is not None:
+        if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+            raise TypeError(f"streamer: expected an HF streamer (with put() and end()), got {type(streamer).__name__}")
         streamer.put(input_ids.cpu())
     prompt_length = input_ids.shape[1]
     models = [patient, *doctors]

@@ -32,7 +32,7 @@ def as_row_tensor(value: RowParam, name: str, batch: int, dtype: torch.dtype, de
         if value.dtype == torch.bool or value.dtype.is_complex or (
             value.dtype.is_floating_point and not dtype.is_floating_point
         ):
-            raise TypeError(f"{name}: expected a {'floating' if dtype.is_floating_point else 'integer'} tensor, "
+            raise TypeError(f"{name}: expected {'a floating' if dtype.is_floating_point else 'an integer'} tensor, "
                             f"got {value.dtype}")
         if value.device != device:
             raise ValueError(f"{name}: expected device {device} (that of the logits), got {value.device}")
