@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from . import ops
+from .adapters import lora_deltas
 from .kv_cache import cache_kwargs, output_cache
 from .models import logits_width
+from .shared_base import shared_base_for
 from .steering import FixedWeights, RowSampling, Steering, as_steering
 
 def _device_of(model) -> torch.device:
@@ -151,16 +153,47 @@ def _new_cache(model, static_length: int | None):
     return StaticCache(config=model.config, max_cache_len=static_length)
 
 
-def _prefill(model, input_ids, attention_mask, position_ids, cache):
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1, :], output_cache(out)
+class _Lane:
+    """One forward per step for the models at `slots` of the logits list: a single model (one slot), or the
+    patient stacked with its adapter doctors (shared_base: `repeat` segments of B rows, one slot each)."""
+
+    def __init__(self, model, slots: list[int], compiled: bool):
+        self.model, self.slots, self.repeat = model, slots, len(slots)
+        self.forward = _decode_function(model, compiled)
+        self.cache = None
+
+    def _stack(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.repeat == 1 else tensor.repeat(self.repeat, 1)
+
+    def _scatter(self, out, logits: list) -> None:
+        self.cache = output_cache(out)
+        for slot, part in zip(self.slots, out.logits[:, -1, :].chunk(self.repeat, dim=0)):
+            logits[slot] = part
+
+    def prefill(self, input_ids, attention_mask, position_ids, logits: list) -> None:
+        out = self.model(input_ids=self._stack(input_ids), attention_mask=self._stack(attention_mask),
+                         position_ids=self._stack(position_ids), **cache_kwargs(self.model, self.cache),
+                         use_cache=True, logits_to_keep=1)
+        self._scatter(out, logits)
+
+    def decode(self, tokens, attention_mask, position_ids, logits: list) -> None:
+        out = self.forward(input_ids=self._stack(tokens), attention_mask=self._stack(attention_mask),
+                           position_ids=self._stack(position_ids), **cache_kwargs(self.model, self.cache),
+                           use_cache=True)
+        self._scatter(out, logits)
 
 
-def _decode(model, forward, tokens, attention_mask, position_ids, cache):
-    out = forward(input_ids=tokens, attention_mask=attention_mask, position_ids=position_ids,
-                  **cache_kwargs(model, cache), use_cache=True)
-    return out.logits[:, -1, :], output_cache(out)
+def _lanes(patient, doctors: list, batch: int, compiled: bool) -> list[_Lane]:
+    """The patient and every LoRA doctor of it in one stacked lane; each other doctor in a lane of its own."""
+    deltas = [lora_deltas(d, patient) for d in doctors]
+    adapters = [i for i, d in enumerate(deltas) if d is not None]
+    if adapters:
+        stacked = shared_base_for(patient, [doctors[i] for i in adapters], [deltas[i] for i in adapters])
+        stacked.set_rows(batch)
+        lanes = [_Lane(stacked.model, [0] + [i + 1 for i in adapters], compiled)]
+    else:
+        lanes = [_Lane(patient, [0], compiled)]
+    return lanes + [_Lane(d, [i + 1], compiled) for i, d in enumerate(doctors) if deltas[i] is None]
 
 
 @torch.inference_mode()
@@ -266,20 +299,20 @@ def generate(
             raise TypeError(f"streamer: expected an HF streamer (with put() and end()), got {type(streamer).__name__}")
         streamer.put(input_ids.cpu())
     prompt_length = input_ids.shape[1]
-    models = [patient, *doctors]
-    forwards = [_decode_function(m, compile) for m in models]
+    lanes = _lanes(patient, doctors, batch, compile)
     needed = prompt_length + max_new_tokens
     static_length = -(-needed // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET if compile else None
-    caches = [_new_cache(m, static_length) for m in models]
+    for lane in lanes:
+        lane.cache = _new_cache(lane.model, static_length)
     # One attention mask for the whole run, filled in as tokens arrive: the dynamic path attends to the
     # filled prefix, the static path to the full (static-shape) width with zeros for future positions.
     width = static_length or needed
     full_mask = torch.zeros(batch, width, dtype=torch.int64, device=device)
     full_mask[:, :prompt_length] = attention_mask
     positions = (full_mask[:, :prompt_length].cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)  # HF's rule
-    prefilled = [_prefill(m, input_ids, full_mask[:, :prompt_length], positions, c) for m, c in zip(models, caches)]
-    logits = [lg for lg, _ in prefilled]
-    caches = [cache for _, cache in prefilled]
+    logits: list[torch.Tensor] = [None] * (1 + len(doctors))
+    for lane in lanes:
+        lane.prefill(input_ids, full_mask[:, :prompt_length], positions, logits)
     next_position = positions[:, -1:] + 1
 
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -307,8 +340,8 @@ def generate(
         step += 1
         full_mask[:, prompt_length + index] = 1
         mask = full_mask if compile else full_mask[:, : prompt_length + index + 1]
-        for i, (model, forward) in enumerate(zip(models, forwards)):
-            logits[i], caches[i] = _decode(model, forward, tokens.unsqueeze(1), mask, next_position, caches[i])
+        for lane in lanes:
+            lane.decode(tokens.unsqueeze(1), mask, next_position, logits)
         next_position = next_position + 1
     if streamer is not None:
         streamer.end()

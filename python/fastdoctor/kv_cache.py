@@ -19,7 +19,8 @@ def _cache_keyword(model_class: type) -> str:
 
 def cache_kwargs(model, cache) -> dict:
     """{keyword: cache} for model(...), under the name this model's transformers takes."""
-    return {_cache_keyword(type(model)): cache}
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model passes it on
+    return {_cache_keyword(type(inner)): cache}
 
 
 def output_cache(output):

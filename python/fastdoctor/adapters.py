@@ -1,0 +1,162 @@
+"""LoRA doctors as adapters of the patient: the files on disk, the check that they belong to this patient, and
+the LoRA weights that generate's shared-base forward reads (fastdoctor.shared_base).
+
+A LoRA doctor (the TFPO doctor, a GenARM ARM, a TARo reward model) differs from the patient only by low-rank
+deltas on its projections. On disk it is peft's own format (adapter_config.json + adapter_model.safetensors),
+a few MB instead of a full copy of the patient, and it records a fingerprint of the base weights it was
+trained on, so it is refused when loaded against another patient.
+
+In memory it is a peft model over a weight-sharing copy of the patient: new module objects whose parameters
+are views of the patient's own tensors. That model decodes on its own like any doctor (peft, unmerged),
+costs no second copy of the weights, and leaves the user's patient object exactly as it was (peft rewrites
+the modules of the model it wraps, so it never wraps the patient itself).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import pathlib
+import warnings
+
+import torch
+from torch import nn
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_FINGERPRINT_SAMPLES = 4096  # values read per tensor: a different checkpoint differs almost everywhere
+
+
+def is_adapter_folder(path) -> bool:
+    return (pathlib.Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def weight_sharing_copy(model: nn.Module) -> nn.Module:
+    """A structural copy of `model` whose parameters and buffers share the original's storage: no weight is
+    copied, the copy's modules can be rewrapped freely, and an in-place update of the original's weights shows
+    in the copy. Its parameters are new Parameter objects (requires_grad False), so freezing or unfreezing
+    either model leaves the other alone. Tied weights stay tied."""
+    memo: dict[int, torch.Tensor] = {}
+    for parameter in model.parameters():  # deduplicated: a tied weight maps to one new Parameter
+        memo[id(parameter)] = nn.Parameter(parameter.detach(), requires_grad=False)
+    for buffer in model.buffers():
+        memo[id(buffer)] = buffer
+    return copy.deepcopy(model, memo)
+
+
+def _base_parameters(model: nn.Module):
+    """(name, tensor) of the base weights under the plain model's names, whether or not peft wraps it."""
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            continue
+        name = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        yield name, parameter
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """A SHA-256 over the base weights' names, shapes and a strided sample of their values rounded to bf16, so
+    the same patient loaded in fp32 or bf16 matches and another checkpoint does not. LoRA weights are left
+    out: a doctor and its patient have the same fingerprint."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(_base_parameters(model), key=lambda item: item[0]):
+        flat = tensor.detach().reshape(-1)
+        stride = max(1, flat.numel() // _FINGERPRINT_SAMPLES)
+        sample = flat[::stride].to(torch.bfloat16).float().cpu()
+        digest.update(f"{name}:{list(tensor.shape)};".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_adapter_files(path: pathlib.Path) -> dict:
+    """The adapter's peft config, after checking that both files are there and are LoRA (not DoRA etc.)."""
+    config_file, weights_file = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
+    if not weights_file.is_file():
+        raise ValueError(f"{path}: {ADAPTER_WEIGHTS} is missing (an adapter doctor needs {ADAPTER_CONFIG} and "
+                         f"{ADAPTER_WEIGHTS})")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{config_file}: not a readable peft adapter config ({error})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise ValueError(f"{config_file}: expected a peft LoRA adapter (peft_type 'LORA'), got "
+                         f"{config.get('peft_type') if isinstance(config, dict) else type(config).__name__!r}")
+    if config.get("use_dora"):
+        raise ValueError(f"{config_file}: DoRA adapters are not supported; use plain LoRA")
+    return config
+
+
+def load_adapter_lm(path, patient: nn.Module, *, expected_fingerprint: str | None = None) -> nn.Module:
+    """The peft LoRA model of the adapter in `path` over a weight-sharing copy of `patient` (eval mode).
+
+    With `expected_fingerprint` (from the doctor's metadata), refuses a patient whose base weights differ from
+    the ones the adapter was trained on."""
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    path = pathlib.Path(path)
+    check_adapter_files(path)
+    if expected_fingerprint is not None and base_fingerprint(patient) != expected_fingerprint:
+        raise ValueError(f"{path}: this adapter doctor was trained on another base model than the patient given "
+                         "(the base-weight fingerprints differ); load it with the patient it was trained on")
+    try:
+        with safe_open(str(path / ADAPTER_WEIGHTS), framework="pt") as handle:
+            saved = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises its own types for a damaged file
+        raise ValueError(f"{path / ADAPTER_WEIGHTS}: cannot read the adapter weights ({error})") from None
+    bad = next((k for k, v in saved.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise ValueError(f"{path / ADAPTER_WEIGHTS}: {bad} holds NaN or inf; refusing to steer with it")
+    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        try:
+            lm = PeftModel.from_pretrained(weight_sharing_copy(patient), str(path), is_trainable=False)
+        except (ValueError, KeyError, RuntimeError, TypeError) as error:
+            raise ValueError(f"{path}: the adapter does not fit this patient ({error})") from None
+    loaded = sum(1 for name, _ in lm.named_parameters() if "lora_" in name)
+    if loaded != len(saved):
+        raise ValueError(f"{path}: the adapter holds {len(saved)} LoRA tensors but {loaded} LoRA parameters were "
+                         "created on this patient; it belongs to another architecture")
+    return lm.eval()
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraDelta:
+    """One projection's LoRA: delta(x) = scale * (x @ a.T) @ b.T, with a [rank, in] and b [out, rank]."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    scale: float
+
+
+def lora_deltas(doctor: nn.Module, patient: nn.Module) -> dict[str, LoraDelta] | None:
+    """{patient module name: LoraDelta} when `doctor` is a peft LoRA model whose base weights are the patient's
+    own tensors (load_adapter_lm, or any peft model over weight_sharing_copy(patient)), else None.
+
+    None also for what the shared-base forward does not reproduce (DoRA, LoRA on embeddings, several active
+    adapters, merged adapters, a bias in the adapter): such a doctor runs as a separate model, still correct."""
+    try:
+        from peft import PeftModel
+        from peft.tuners.lora import LoraLayer
+    except ModuleNotFoundError:
+        return None
+    if not isinstance(doctor, PeftModel) or len(doctor.active_adapters) != 1:
+        return None
+    adapter = doctor.active_adapters[0]
+    inner = doctor.get_base_model()
+    patient_tensors = dict(patient.named_parameters())
+    for name, tensor in _base_parameters(inner):
+        theirs = patient_tensors.get(name)
+        if theirs is None or theirs.data_ptr() != tensor.data_ptr() or theirs.shape != tensor.shape:
+            return None
+    deltas: dict[str, LoraDelta] = {}
+    for name, module in inner.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        if adapter not in module.lora_A or module.merged or module.disable_adapters or \
+                module.use_dora.get(adapter, False) or module.lora_embedding_A or \
+                getattr(module, "lora_bias", {}).get(adapter, False) or not isinstance(module.lora_A[adapter], nn.Linear):
+            return None
+        deltas[name] = LoraDelta(a=module.lora_A[adapter].weight, b=module.lora_B[adapter].weight,
+                                 scale=float(module.scaling[adapter]))
+    return deltas or None

@@ -1,0 +1,190 @@
+"""The shared-base forward (fastdoctor.shared_base): the patient and its LoRA adapter doctors in one stacked
+batch equal the same doctors run as separate peft models (unmerged), step by step; and the adapter files."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+import fastdoctor
+from fastdoctor import adapters
+from fastdoctor.lora import attach_lora
+from conftest import VOCAB, left_padded_prompts, tiny_model
+
+FAMILIES = ["llama", "qwen2", "gpt2"]
+
+
+def random_adapter(patient, folder, seed: int, rank: int = 4):
+    """A peft LoRA of `patient` with random non-zero A and B, saved in peft's format to `folder`."""
+    torch.manual_seed(seed)
+    lm = attach_lora(adapters.weight_sharing_copy(patient), rank=rank)
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.3)
+    lm.save_pretrained(folder)
+    return folder
+
+
+def shared_and_separate(patient, folder):
+    """The adapter loaded as fastdoctor does (over the patient's own weights) and as a plain peft model over
+    a private copy of the patient (the separate-model path)."""
+    shared = adapters.load_adapter_lm(folder, patient)
+    separate = PeftModel.from_pretrained(copy.deepcopy(patient), str(folder)).eval()
+    return shared, separate
+
+
+class LogitRecorder:
+    """A weights hook that records each step's logits and returns fixed weights."""
+
+    def __init__(self, weights):
+        self.weights, self.steps = torch.tensor(weights), []
+
+    def __call__(self, logits):
+        self.steps.append([z.clone() for z in logits])
+        return self.weights.expand(logits[0].shape[0], -1).clone()
+
+
+def run(patient, doctors, betas, **kwargs):
+    ids, mask = left_padded_prompts()
+    recorder = LogitRecorder([1.0, *betas])
+    out = fastdoctor.generate(patient, ids, attention_mask=mask, doctors=doctors, router=recorder, max_new_tokens=6,
+                              **kwargs)
+    return out, recorder.steps
+
+
+def assert_same_run(a, b):
+    (tokens_a, steps_a), (tokens_b, steps_b) = a, b
+    assert torch.equal(tokens_a, tokens_b)
+    assert len(steps_a) == len(steps_b)
+    for step_a, step_b in zip(steps_a, steps_b):
+        for za, zb in zip(step_a, step_b):
+            torch.testing.assert_close(za, zb, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["one", "two", "mixed"])
+@pytest.mark.parametrize("sampled", [False, True])
+def test_the_stacked_forward_equals_separate_peft_models(tmp_path, family, kind, sampled):
+    patient = tiny_model(family, seed=0)
+    first = shared_and_separate(patient, random_adapter(patient, tmp_path / "a", seed=1))
+    second = shared_and_separate(patient, random_adapter(patient, tmp_path / "b", seed=2))
+    other = tiny_model(family, seed=3)  # a separate model: it runs in its own lane either way
+    if kind == "one":
+        shared, separate, betas = [first[0]], [first[1]], [0.7]
+    elif kind == "two":
+        shared, separate, betas = [first[0], second[0]], [first[1], second[1]], [0.7, 0.4]
+    else:
+        shared, separate, betas = [first[0], other, second[0]], [first[1], other, second[1]], [0.7, 0.3, 0.4]
+    sampling = dict(temperature=1.0, top_p=0.9, seed=[5, 6, 7]) if sampled else dict(temperature=0.0)
+    assert_same_run(run(patient, shared, betas, **sampling), run(patient, separate, betas, **sampling))
+
+
+def test_rows_that_finish_early_match_too(tmp_path):
+    patient = tiny_model("llama", seed=0)
+    shared, separate = shared_and_separate(patient, random_adapter(patient, tmp_path / "a", seed=1))
+    reference, _ = run(patient, [separate], [1.0], temperature=0.0)
+    eos = int(reference[0, -4])  # row 0 emits it mid-run, so the rows finish at different steps
+    a = run(patient, [shared], [1.0], temperature=0.0, eos_token_id=eos, pad_token_id=0)
+    b = run(patient, [separate], [1.0], temperature=0.0, eos_token_id=eos, pad_token_id=0)
+    assert_same_run(a, b)
+    assert (a[0][0, 7:] == 0).any()
+
+
+def test_the_taro_router_runs_on_the_stacked_forward(tmp_path):
+    from fastdoctor import taro
+
+    patient = tiny_model("llama", seed=0)
+    shared, separate = shared_and_separate(patient, random_adapter(patient, tmp_path / "a", seed=1))
+    torch.manual_seed(0)
+    router = taro.Router(VOCAB, k=5, embed_dim=4, hidden=16)
+    with torch.no_grad():
+        router.out.weight.normal_(0.0, 1.0)
+    ids, mask = left_padded_prompts()
+    outs = []
+    for doctor in (shared, separate):
+        steering = taro.RoutedSteering(router)
+        out = fastdoctor.generate(patient, ids, attention_mask=mask, doctors=[doctor], router=steering,
+                                  temperature=1.0, seed=[1, 2, 3], max_new_tokens=6)
+        outs.append((out, torch.stack(steering.trace)))
+    assert torch.equal(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_patient_and_the_doctors_own_forwards_are_not_called(tmp_path):
+    """The stacked lane replaces them: one forward per step for all three models."""
+    patient = tiny_model("llama", seed=0)
+    doctors = [adapters.load_adapter_lm(random_adapter(patient, tmp_path / n, seed=s), patient)
+               for n, s in (("a", 1), ("b", 2))]
+    run(patient, doctors, [0.5, 0.5], temperature=0.0)  # builds the stacked copy (it would copy the hooks below)
+    calls = []
+    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in (patient, *doctors)]
+    try:
+        run(patient, doctors, [0.5, 0.5], temperature=0.0)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == []
+
+
+def test_merged_doctors_agree_within_tolerance(tmp_path):
+    patient = tiny_model("llama", seed=0)
+    shared, separate = shared_and_separate(patient, random_adapter(patient, tmp_path / "a", seed=1))
+    merged = separate.merge_and_unload()
+    _, a = run(patient, [shared], [1.0], temperature=0.0)
+    _, b = run(patient, [merged], [1.0], temperature=0.0)
+    for za, zb in zip(a[0], b[0]):  # the prefill step: same inputs, merged vs unmerged weights
+        torch.testing.assert_close(za, zb, rtol=1e-4, atol=1e-4)
+
+
+def test_the_patient_is_unchanged_by_a_guided_call(tmp_path):
+    patient = tiny_model("llama", seed=0)
+    ids, mask = left_padded_prompts()
+    greedy = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    before = patient.generate(ids, **greedy)
+    modules_before = [(n, type(m)) for n, m in patient.named_modules()]
+    grads_before = [p.requires_grad for p in patient.parameters()]
+    doctor = adapters.load_adapter_lm(random_adapter(patient, tmp_path / "a", seed=1), patient)
+    run(patient, [doctor], [1.0], temperature=0.0)
+    assert torch.equal(patient.generate(ids, **greedy), before)
+    assert [(n, type(m)) for n, m in patient.named_modules()] == modules_before
+    assert [p.requires_grad for p in patient.parameters()] == grads_before
+    assert torch.equal(fastdoctor.generate(patient, ids, attention_mask=mask, max_new_tokens=6, temperature=0.0,
+                                           pad_token_id=0), before)
+
+
+def test_an_adapter_loaded_against_another_base_is_refused(tmp_path):
+    patient, other = tiny_model("llama", seed=0), tiny_model("llama", seed=5)
+    folder = random_adapter(patient, tmp_path / "a", seed=1)
+    fingerprint = adapters.base_fingerprint(patient)
+    assert adapters.base_fingerprint(patient.to(torch.bfloat16).float()) == fingerprint  # dtype does not matter
+    with pytest.raises(ValueError, match="trained on another base model"):
+        adapters.load_adapter_lm(folder, other, expected_fingerprint=fingerprint)
+    with pytest.raises(ValueError, match="does not fit this patient|another architecture"):
+        adapters.load_adapter_lm(folder, tiny_model("gpt2", seed=0))
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda f: (f / "adapter_model.safetensors").unlink(), "adapter_model.safetensors is missing"),
+    (lambda f: (f / "adapter_model.safetensors").write_bytes(b"\x00" * 40), "cannot read the adapter weights"),
+    (lambda f: (f / "adapter_config.json").write_text("{"), "not a readable peft adapter config"),
+    (lambda f: (f / "adapter_config.json").write_text(json.dumps({"peft_type": "IA3"})), "expected a peft LoRA"),
+])
+def test_a_damaged_adapter_gives_a_clear_error(tmp_path, damage, match):
+    patient = tiny_model("llama", seed=0)
+    folder = random_adapter(patient, tmp_path / "a", seed=1)
+    damage(folder)
+    with pytest.raises(ValueError, match=match):
+        adapters.load_adapter_lm(folder, patient)
+
+
+def test_a_peft_model_over_a_copy_of_the_patient_runs_as_a_separate_model(tmp_path):
+    """Only a doctor whose base weights are the patient's own tensors joins the stacked lane."""
+    patient = tiny_model("llama", seed=0)
+    shared, separate = shared_and_separate(patient, random_adapter(patient, tmp_path / "a", seed=1))
+    assert adapters.lora_deltas(shared, patient) is not None
+    assert adapters.lora_deltas(separate, patient) is None
+    assert adapters.lora_deltas(tiny_model("llama", seed=0), patient) is None
