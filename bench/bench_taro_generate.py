@@ -52,7 +52,7 @@ def main() -> None:
     patient, tokenizer, patient_label = load_patient(args.model, device, dtype)
     if tokenizer is None and (args.rm or args.router):
         parser.error("--rm and --router need the default patient's tokenizer (--model default)")
-    rm = (taro.load_reward_model(args.rm, tokenizer=tokenizer, dtype=dtype, device=device)[0] if args.rm
+    rm = (taro.load_reward_model(args.rm, tokenizer=tokenizer, dtype=dtype, device=device, patient=patient)[0] if args.rm
           else copy.deepcopy(patient))
     vocab = patient.get_output_embeddings().weight.shape[0]
     router = (taro.load_router(args.router, vocab_size=vocab, device=device) if args.router

@@ -52,7 +52,7 @@ def _doctor(kind: str, patient, tokenizer, examples, root: pathlib.Path, steps: 
             recipes.train_genarm(lm, tokenizer, examples, root, config)
         else:
             recipes.train_tfpo(lm, tokenizer, examples, root, config)
-    return load_doctor(saved, tokenizer=tokenizer, device=next(patient.parameters()).device)
+    return load_doctor(saved, tokenizer=tokenizer, device=next(patient.parameters()).device, patient=patient)
 
 
 def plot(rows: list[dict], path: pathlib.Path) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_RECORD = "base.json"  # {"fingerprint": base_fingerprint, "model_type": ...}: which patient it adapts
 _FINGERPRINT_SAMPLES = 4096  # values read per tensor: a different checkpoint differs almost everywhere
 
 
@@ -68,6 +69,31 @@ def base_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def is_lora_model(lm: nn.Module) -> bool:
+    return hasattr(lm, "peft_config") and hasattr(lm, "get_base_model")
+
+
+def save_adapter(lm: nn.Module, folder: pathlib.Path) -> None:
+    """Writes peft's adapter files for the LoRA model `lm` (adapter weights only) and base.json, the record of
+    the base weights it was trained on, into the existing `folder`."""
+    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        lm.save_pretrained(str(folder), safe_serialization=True)
+    record = {"fingerprint": base_fingerprint(lm), "model_type": lm.get_base_model().config.model_type}
+    (folder / BASE_RECORD).write_text(json.dumps(record, indent=2))
+
+
+def merged_copy(lm: nn.Module) -> nn.Module:
+    """A standalone HF model with the LoRA deltas merged in (a deep copy: `lm` and its base are left alone)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return copy.deepcopy(lm).merge_and_unload()
+
+
+def folder_size(folder: pathlib.Path) -> int:
+    return sum(f.stat().st_size for f in pathlib.Path(folder).rglob("*") if f.is_file())
+
+
 def check_adapter_files(path: pathlib.Path) -> dict:
     """The adapter's peft config, after checking that both files are there and are LoRA (not DoRA etc.)."""
     config_file, weights_file = path / ADAPTER_CONFIG, path / ADAPTER_WEIGHTS
@@ -89,13 +115,18 @@ def check_adapter_files(path: pathlib.Path) -> dict:
 def load_adapter_lm(path, patient: nn.Module, *, expected_fingerprint: str | None = None) -> nn.Module:
     """The peft LoRA model of the adapter in `path` over a weight-sharing copy of `patient` (eval mode).
 
-    With `expected_fingerprint` (from the doctor's metadata), refuses a patient whose base weights differ from
-    the ones the adapter was trained on."""
+    Refuses a patient whose base weights differ from the ones the adapter was trained on (the fingerprint in
+    base.json, or `expected_fingerprint`)."""
     from peft import PeftModel
     from safetensors import safe_open
 
     path = pathlib.Path(path)
     check_adapter_files(path)
+    if expected_fingerprint is None and (path / BASE_RECORD).is_file():
+        try:
+            expected_fingerprint = json.loads((path / BASE_RECORD).read_text(encoding="utf-8"))["fingerprint"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path / BASE_RECORD}: not a readable base record ({error!r})") from None
     if expected_fingerprint is not None and base_fingerprint(patient) != expected_fingerprint:
         raise ValueError(f"{path}: this adapter doctor was trained on another base model than the patient given "
                          "(the base-weight fingerprints differ); load it with the patient it was trained on")

@@ -347,3 +347,18 @@ def routed_sampling_from_logits(
         _explain_invalid_routed_rows(base_logits, rm_logits, alpha, tokens, vocab_size or base_logits.shape[1],
                                      {"embedding": embedding, "w1": w1, "b1": b1, "w2": w2, "b2": b2})
     return tokens, logprobs, alpha
+
+
+@torch.library.register_fake("fastdoctor::segmented_lora_")
+def _segmented_lora_fake(y, x, shrink, expand, scales, segments, rows):
+    return None
+
+
+def segmented_lora_(y: torch.Tensor, x: torch.Tensor, shrink: Sequence[torch.Tensor], expand: Sequence[torch.Tensor],
+                    scales: Sequence[float], segments: Sequence[int], rows: int) -> torch.Tensor:
+    """In place on y [N, out]: the rows of segment segments[i] (each segment `rows` rows of the stacked batch)
+    gain scales[i] * (x @ shrink[i]) @ expand[i], with shrink [in, rank] and expand [rank, out] float32
+    (peft's lora_A.T and lora_B.T). One call per projection for every adapter (see shared_base). Returns y."""
+    torch.ops.fastdoctor.segmented_lora_(y, x, list(shrink), list(expand), [float(s) for s in scales],
+                                         [int(s) for s in segments], int(rows))
+    return y

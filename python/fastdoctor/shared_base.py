@@ -17,6 +17,7 @@ import weakref
 import torch
 from torch import nn
 
+from . import ops
 from .adapters import LoraDelta, weight_sharing_copy
 
 
@@ -28,22 +29,38 @@ class SegmentLayout:
 
 class StackedLoRA(nn.Module):
     """A projection of the patient plus per-segment LoRA deltas: rows [s * rows, (s + 1) * rows) of the stacked
-    batch get adapter s's delta. Mirrors peft's unmerged LoRA forward (input cast to the adapter's dtype, the
-    delta scaled, then added), so a segment's output equals that doctor's own peft forward."""
+    batch get adapter s's delta, in one fused call (ops.segmented_lora_) for every adapter. Mirrors peft's
+    unmerged LoRA forward (a float32 delta, scaled, then added), so a segment's output equals that doctor's
+    own peft forward within float32 rounding."""
 
     def __init__(self, base: nn.Module, deltas: dict[int, LoraDelta], layout: SegmentLayout):
         super().__init__()
         self.base = base
         self.segments = sorted(deltas)
-        self.deltas = [deltas[s] for s in self.segments]
+        self.sources = [deltas[s] for s in self.segments]
+        self.scales = [d.scale for d in self.sources]
         self.layout = layout
+        self.shrink: list[torch.Tensor] = []
+        self.expand: list[torch.Tensor] = []
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Re-reads the doctors' LoRA weights into the transposed float32 copies the kernel reads (the
+        doctors may have trained since the last call)."""
+        if not self.shrink:
+            self.shrink = [d.a.detach().float().t().contiguous() for d in self.sources]
+            self.expand = [d.b.detach().float().t().contiguous() for d in self.sources]
+            return
+        for copy_a, copy_b, d in zip(self.shrink, self.expand, self.sources):
+            copy_a.copy_(d.a.detach().t())
+            copy_b.copy_(d.b.detach().t())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        rows = self.layout.rows
-        for segment, delta in zip(self.segments, self.deltas):
-            part = x[segment * rows:(segment + 1) * rows].to(delta.a.dtype)
-            y[segment * rows:(segment + 1) * rows] += ((part @ delta.a.T) @ delta.b.T) * delta.scale
+        rows = self.layout.rows * (x.numel() // (x.shape[0] * x.shape[-1]))  # stacked rows -> [N * T] rows
+        ops.segmented_lora_(y.view(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]).contiguous(), self.shrink,
+                            self.expand, self.scales, self.segments, rows)
         return y
 
 
@@ -63,8 +80,12 @@ class SharedBase:
             setattr(parent, child, StackedLoRA(getattr(parent, child), per_segment, self.layout))
         self.projections = len(names)
 
-    def set_rows(self, rows: int) -> None:
+    def prepare(self, rows: int) -> None:
+        """Before a generate call: B rows per segment, and the doctors' current LoRA weights."""
         self.layout.rows = rows
+        for module in self.model.modules():
+            if isinstance(module, StackedLoRA):
+                module.refresh()
 
 
 _BUILT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # patient -> [(doctor weakrefs, SharedBase)]

@@ -2,6 +2,8 @@
 LoRA), use as an ordinary doctor in generate, clear errors for corrupt or mismatched checkpoints."""
 from __future__ import annotations
 
+import copy
+
 import json
 
 import pytest
@@ -10,6 +12,7 @@ from safetensors.torch import save_file
 
 import fastdoctor
 from fastdoctor.llmdoctor import doctor as doctor_lib
+from fastdoctor import adapters
 from fastdoctor.lora import attach_lora
 from fastdoctor.sequences import pack_sequences
 from conftest import tiny_model
@@ -72,9 +75,10 @@ def test_save_load_round_trip_and_generate(tmp_path, ramp):
     assert out.shape == (2, 9)
 
 
-def test_lora_doctor_trains_adapters_only_and_saves_merged(tmp_path):
+def test_lora_doctor_trains_adapters_only_and_saves_an_adapter(tmp_path):
     pytest.importorskip("peft")  # installed by python/install.sh; a missing peft fails test_build's check
-    lm = attach_lora(tiny_model("llama", seed=5), rank=4)
+    patient = tiny_model("llama", seed=5)
+    lm = attach_lora(copy.deepcopy(patient), rank=4)
     doc = doctor_lib.Doctor(lm)
     trainable = [n for n, p in doc.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n or n.startswith("value_head") for n in trainable)
@@ -84,11 +88,25 @@ def test_lora_doctor_trains_adapters_only_and_saves_merged(tmp_path):
                 p.normal_(0, 0.05)  # LoRA B starts at zero; make the adapter do something
     doc.eval()  # LoRA dropout off
     path = doctor_lib.save_doctor(doc, tmp_path / "lora")
-    loaded = doctor_lib.load_doctor(path)
+    assert json.loads((path / "doctor.json").read_text())["kind"] == "adapter"
+    assert (path / "adapter_model.safetensors").is_file() and not (path / "model.safetensors").exists()
+    loaded = doctor_lib.load_doctor(path, patient=patient)
     batch = _batch(synthetic_examples(2))
     with torch.no_grad():
         torch.testing.assert_close(doc(batch)[0], loaded(batch)[0], atol=1e-5, rtol=1e-5)
-    assert not any("lora" in k for k in loaded.lm.state_dict())
+    assert adapters.lora_deltas(loaded.lm, patient) is not None  # generate stacks it with the patient
+    with pytest.raises(ValueError, match="pass the patient it was trained on"):
+        doctor_lib.load_doctor(path)
+    with pytest.raises(ValueError, match="trained on another base model"):
+        doctor_lib.load_doctor(path, patient=tiny_model("llama", seed=6))
+
+    merged = doctor_lib.export_merged(path, patient, tmp_path / "merged")
+    assert json.loads((merged / "doctor.json").read_text())["kind"] == "model"
+    standalone = doctor_lib.load_doctor(merged)
+    assert not any("lora" in k for k in standalone.lm.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(doc(batch)[0], standalone(batch)[0], atol=1e-4, rtol=1e-4)
+    assert adapters.folder_size(path) < adapters.folder_size(merged) / 2
 
 
 def test_saving_over_an_existing_doctor_replaces_it(tmp_path):

@@ -100,8 +100,26 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import transformers
+
+    import fastdoctor
+    from fastdoctor.adapters import folder_size
+    from fastdoctor.llmdoctor.doctor import export_merged
+
+    from .main import doctor_path
+
+    transformers.logging.disable_progress_bar()
+    patient, tokenizer = fastdoctor.load_model(args.patient)
+    source = doctor_path(args.doctor)
+    out = export_merged(source, patient, args.merged, tokenizer)
+    print(f"[fastdoctor] wrote the merged doctor to {out}: {folder_size(out) / 1e6:.1f} MB (the adapter: "
+          f"{folder_size(source) / 1e6:.1f} MB)")
+    return 0
+
+
 def add_commands(sub) -> None:
-    """Adds `rewards`, `train` and `quickstart` to the main parser's subcommands."""
+    """Adds `rewards`, `train`, `export` and `quickstart` to the main parser's subcommands."""
     rw = sub.add_parser("rewards", help="token-level rewards from the patient's positive and negative faces")
     rw.add_argument("--data", required=True, help="JSONL with prompt/chosen/rejected, or bundled:train / bundled:test")
     rw.add_argument("--out", required=True, type=writable_path,
@@ -157,6 +175,11 @@ def add_commands(sub) -> None:
     tr.add_argument("--device", default=None)
     tr.add_argument("--no-resume", action="store_true", help="start over even if <out>/checkpoint exists")
     tr.set_defaults(func=_cmd_train)
+    ex = sub.add_parser("export", help="write an adapter doctor as a standalone merged HF folder")
+    ex.add_argument("--doctor", required=True, help="an adapter doctor folder, or bundled:positivity")
+    ex.add_argument("--merged", required=True, type=writable_path, help="output folder (written atomically)")
+    ex.add_argument("--patient", default="default", help="the patient it adapts (HF folder, or 'default')")
+    ex.set_defaults(func=_cmd_export)
     qs = sub.add_parser("quickstart", help="LLMdoctor end to end on the default patient (offline, cached)")
     qs.add_argument("--doctor", default="full", choices=["full", "small"])
     qs.add_argument("--steps", type=int, default=48, help="TFPO steps")

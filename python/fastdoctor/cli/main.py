@@ -4,6 +4,7 @@
   fastdoctor generate --prompt TEXT      stream a steered completion from the patient (+ --doctor PATH ...)
   fastdoctor rewards --data F --out R    token-level rewards from the patient's two faces (LLMdoctor stage 1)
   fastdoctor train --rewards R --out D    train a doctor with TFPO (or --method genarm) on a rewards file
+  fastdoctor export --doctor D --merged M  write an adapter doctor as a standalone merged HF folder
   fastdoctor quickstart                  LLMdoctor end to end on the default patient (offline, cached)
   fastdoctor taro train-rm|train-router|eval   TARo reward model, router, reasoning evaluation
 """
@@ -59,17 +60,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     import fastdoctor
-    from fastdoctor.models import check_same_tokenizer
 
     transformers.logging.disable_progress_bar()  # the weight-loading bars would drown the streamed text
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype)
     patient, tokenizer = fastdoctor.load_model(args.patient, dtype=dtype, device=device)
-    doctors = []
-    for i, path in enumerate(args.doctor):
-        doctor, doctor_tokenizer = fastdoctor.load_model(path, dtype=dtype, device=device)
-        check_same_tokenizer(tokenizer, doctor_tokenizer, name=f"--doctor {path}")
-        doctors.append(doctor)
+    doctors = [doctor_lm(spec, patient, tokenizer, dtype=dtype, device=device) for spec in args.doctor]
     betas = args.beta or [1.0] * len(doctors)
     if len(betas) != len(doctors):
         raise SystemExit(f"--beta: give one per --doctor ({len(doctors)}), got {len(betas)}")
@@ -95,6 +91,46 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def doctor_path(spec: str):
+    """The folder of --doctor SPEC: a path, or bundled:<name> for a doctor that ships in the package."""
+    import pathlib
+
+    if not spec.startswith("bundled:"):
+        return pathlib.Path(spec)
+    root = pathlib.Path(__file__).resolve().parent.parent / "datasets" / "doctors"
+    path = root / spec.removeprefix("bundled:")
+    if not (path / "doctor.json").is_file():
+        names = sorted(p.name for p in root.iterdir() if (p / "doctor.json").is_file()) if root.is_dir() else []
+        raise SystemExit(f"--doctor {spec}: no such bundled doctor (bundled: {', '.join(names) or 'none'})")
+    return path
+
+
+def doctor_lm(spec: str, patient, tokenizer, *, dtype, device):
+    """The decoding LM of --doctor SPEC: an adapter doctor over the patient's own weights (generate then runs
+    it in one stacked forward with the patient), or a separate HF model folder with the patient's tokenizer."""
+    import json
+
+    import fastdoctor
+    from fastdoctor import adapters
+    from fastdoctor.models import check_same_tokenizer
+    from fastdoctor.tokens import vocab_fingerprint
+
+    path = doctor_path(spec)
+    if adapters.is_adapter_folder(path):
+        for record in ("doctor.json", "taro_rm.json"):
+            if (path / record).is_file():
+                vocab = json.loads((path / record).read_text(encoding="utf-8")).get("vocab")
+                if vocab and vocab != vocab_fingerprint(tokenizer):
+                    raise SystemExit(f"--doctor {spec}: trained with another tokenizer than the patient's")
+        try:
+            return adapters.load_adapter_lm(path, patient)
+        except ValueError as error:
+            raise SystemExit(f"--doctor {spec}: {error}") from None
+    doctor, doctor_tokenizer = fastdoctor.load_model(path, dtype=dtype, device=device)
+    check_same_tokenizer(tokenizer, doctor_tokenizer, name=f"--doctor {spec}")
+    return doctor
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastdoctor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -104,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--prompt", required=True, help="the user message (the chat template is applied)")
     gen.add_argument("--system", default=None, help="an optional system message")
     gen.add_argument("--patient", default="default", help="HF model folder, or 'default' (SmolLM2-135M-Instruct)")
-    gen.add_argument("--doctor", action="append", default=[], help="doctor model folder (repeatable)")
+    gen.add_argument("--doctor", action="append", default=[],
+                     help="doctor folder, or bundled:positivity (repeatable); adapter doctors of the patient share "
+                          "its forward")
     gen.add_argument("--beta", action="append", type=float, default=[], help="weight of each doctor (repeatable)")
     gen.add_argument("--alpha", type=float, default=1.0, help="weight of the patient")
     gen.add_argument("--max-new-tokens", type=int, default=128)

@@ -56,7 +56,7 @@ def _cmd_train_router(args) -> int:
     from fastdoctor.train import TrainConfig
 
     patient, tokenizer = _load_base(args)
-    rm, _ = load_reward_model(args.rm, tokenizer=tokenizer, device=args.device)
+    rm, _ = load_reward_model(args.rm, tokenizer=tokenizer, device=args.device, patient=patient)
     if logits_width(rm) != logits_width(patient):
         raise SystemExit(f"--rm: emits {logits_width(rm)} logits per token, the base {logits_width(patient)}")
     out = pathlib.Path(args.out)
@@ -94,7 +94,7 @@ def _cmd_eval(args) -> int:
     patient, tokenizer = _load_base(args)
     rm = router = None
     if args.rm:
-        rm, _ = load_reward_model(args.rm, tokenizer=tokenizer, device=args.device)
+        rm, _ = load_reward_model(args.rm, tokenizer=tokenizer, device=args.device, patient=patient)
     if args.router:
         if rm is None:
             raise SystemExit("--router needs --rm (the router mixes the base with the reward model)")

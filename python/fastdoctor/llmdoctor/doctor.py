@@ -1,9 +1,12 @@
 """The LLMdoctor doctor (METHODS.md §2.3): a causal LM of the patient's family plus a value head that reads
 log V at every prefix state, from the end of the prompt (s_0) through the state after the last token.
 
-A saved doctor is an ordinary HF folder (config, safetensors weights, tokenizer) that `load_model` and
-`fastdoctor.generate` take as any other doctor, plus `value_head.safetensors` and `doctor.json`. LoRA
-adapters are merged before saving, so a doctor on disk never needs peft to decode.
+A saved doctor holds `value_head.safetensors` and `doctor.json`, plus its LM in one of two forms:
+  adapter  a LoRA doctor of the patient (the default recipe): peft's adapter files and base.json, a few MB;
+           load_doctor(path, patient=...) puts it over the patient's own weights, and generate then runs it
+           in one stacked forward with the patient (fastdoctor.shared_base);
+  model    any other doctor (the distilled small one), or a LoRA doctor merged with export_merged: an ordinary
+           HF folder (config, safetensors weights, tokenizer) that load_model takes too.
 
 Batch layout: fastdoctor.sequences (the state s_t of every row sits at column P - 1 + t).
 """
@@ -16,6 +19,7 @@ import pathlib
 import torch
 from torch import nn
 
+from .. import adapters
 from ..files import first_non_finite, read_format_json, staged_directory
 from ..models import check_safetensors_folder, hidden_size
 from ..sequences import SequenceBatch, response_log_probs, run_lm
@@ -83,21 +87,28 @@ class Doctor(nn.Module):
         return lm
 
 
-def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info: dict | None = None) -> pathlib.Path:
-    """Writes the doctor atomically: the HF folder of its (merged) LM, the tokenizer, the value head and
-    doctor.json (format, value-head shape, vocabulary fingerprint, `info`)."""
+def save_doctor(doctor: Doctor, path: str | os.PathLike, tokenizer=None, *, info: dict | None = None,
+                merged: bool = False) -> pathlib.Path:
+    """Writes the doctor atomically: its LM (a LoRA LM as peft adapter files, unless `merged`; any other as an
+    HF folder with the tokenizer), the value head and doctor.json (format, kind, value-head shape, vocabulary
+    fingerprint, `info`)."""
     from safetensors.torch import save_file
 
     path = pathlib.Path(path)
     bad = first_non_finite(doctor.named_parameters())  # the value ramp is one of them
     if bad is not None:
         raise ValueError(f"save_doctor: {bad} holds NaN or inf; refusing to write {path}")
+    kind = "adapter" if adapters.is_lora_model(doctor.lm) and not merged else "model"
     with staged_directory(path) as staging:
-        doctor.plain_lm().save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+        if kind == "adapter":
+            adapters.save_adapter(doctor.lm, staging)
+        else:
+            doctor.plain_lm().save_pretrained(staging)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
         save_file(doctor.value_state(), str(staging / "value_head.safetensors"))
-        meta = {"format": FORMAT, "value_hidden": doctor.value_hidden, "value_ramp": doctor.value_ramp is not None,
+        meta = {"format": FORMAT, "kind": kind, "value_hidden": doctor.value_hidden,
+                "value_ramp": doctor.value_ramp is not None,
                 "hidden_size": hidden_size(doctor.lm.config),
                 "vocab": vocab_fingerprint(tokenizer) if tokenizer is not None else None, "info": info or {}}
         (staging / "doctor.json").write_text(json.dumps(meta, indent=2))
@@ -109,9 +120,10 @@ def read_doctor_meta(path: str | os.PathLike) -> dict:
 
 
 def load_doctor(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
-                tokenizer=None) -> Doctor:
+                tokenizer=None, patient=None) -> Doctor:
     """Loads a saved doctor (LM + value head). With `tokenizer`, checks that the doctor was saved with the
-    same vocabulary."""
+    same vocabulary. An adapter doctor needs the `patient` it adapts (its dtype and device then follow the
+    patient's) and is refused against any other."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -122,15 +134,24 @@ def load_doctor(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, 
             raise ValueError(f"{path}/doctor.json: '{key}' is missing or not an integer")
     if tokenizer is not None and meta.get("vocab") not in (None, vocab_fingerprint(tokenizer)):
         raise ValueError(f"{path}: the doctor was trained with another tokenizer than the one given")
+    if meta.get("kind", "model") == "adapter":
+        if patient is None:
+            raise ValueError(f"{path}: this doctor is a LoRA adapter of a patient; pass the patient it was trained "
+                             "on (load_doctor(path, patient=patient))")
+        lm = adapters.load_adapter_lm(path, patient)
+        device = next(patient.parameters()).device
     try:
-        check_safetensors_folder(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device).eval()
+        if meta.get("kind", "model") != "adapter":
+            check_safetensors_folder(path)
+            lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device).eval()
         head = load_file(str(path / "value_head.safetensors"))
     except Exception as error:  # safetensors and transformers raise their own types for corrupt files
         raise ValueError(f"{path}: cannot load the doctor's weights ({error})") from None
     bad = first_non_finite([*lm.state_dict().items(), *head.items()])
     if bad is not None:
         raise ValueError(f"{path}: the doctor's weight {bad} holds NaN or inf; refusing to steer with it")
+    if meta.get("kind", "model") not in ("adapter", "model"):
+        raise ValueError(f"{path}/doctor.json: 'kind' must be 'adapter' or 'model', got {meta.get('kind')!r}")
     if hidden_size(lm.config) != meta["hidden_size"]:
         raise ValueError(f"{path}: doctor.json says hidden size {meta['hidden_size']}, the LM has "
                          f"{hidden_size(lm.config)}")
@@ -145,3 +166,11 @@ def load_doctor(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, 
     except RuntimeError as error:
         raise ValueError(f"{path}/value_head.safetensors: does not match doctor.json ({error})") from None
     return doctor.to(device).eval()
+
+
+def export_merged(path: str | os.PathLike, patient, out: str | os.PathLike, tokenizer=None) -> pathlib.Path:
+    """Writes the adapter doctor at `path` as a standalone doctor folder at `out`: the LoRA merged into a copy
+    of the patient (an ordinary HF model folder, about the patient's size), the same value head and info."""
+    doctor = load_doctor(path, patient=patient, tokenizer=tokenizer)
+    info = read_doctor_meta(path).get("info", {})
+    return save_doctor(doctor, out, tokenizer, info={**info, "exported_from": str(path)}, merged=True)

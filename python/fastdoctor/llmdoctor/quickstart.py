@@ -61,7 +61,7 @@ def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: Quickstar
     saved = root / "tfpo" / "doctor"
     if (saved / "doctor.json").exists():
         _say(f"3/5 doctor: cached at {saved}")
-        return load_doctor(saved, tokenizer=tokenizer)
+        return load_doctor(saved, tokenizer=tokenizer, patient=patient)
     init = DoctorInit(kind=s.doctor, value_ramp=s.value_ramp)
     if s.doctor == "small":
         _say(f"3/5 doctor: distilling {init.num_layers} of the patient's layers (KL to the patient on its own text)")
@@ -77,7 +77,7 @@ def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: Quickstar
                          log_every=4, checkpoint_every=8, seed=s.seed)
     train_tfpo(lm, tokenizer, examples, root / "tfpo", config, value_ramp=init.value_ramp,
                info={"quickstart": dataclasses.asdict(s)})
-    return load_doctor(saved, tokenizer=tokenizer)
+    return load_doctor(saved, tokenizer=tokenizer, patient=patient)
 
 
 def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.Path | None = None,

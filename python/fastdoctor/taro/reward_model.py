@@ -7,8 +7,9 @@ Bradley-Terry loss (genarm.arm_batch_loss) on Math-Step-DPO-style step pairs:
     y_w = the chosen next step, y_l = the rejected next step
     L = -log sigmoid(beta_r * [sum log pi_rm(y_w) - sum log pi_rm(y_l)])
 
-It is saved as an ordinary HF folder (LoRA merged) plus taro_rm.json, so load_model and generate take it as any
-other model.
+It is saved as peft's adapter files plus base.json and taro_rm.json (fastdoctor.adapters): a few MB, loaded over
+the base model's own weights (load_reward_model(path, patient=base)), and generate then runs it in one stacked
+forward with the base. A merged RM (an ordinary HF folder) loads too.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .. import tokens
+from .. import adapters, tokens
 from .. import train as train_lib
 from ..files import read_format_json, staged_directory
 from ..genarm import arm_batch_loss
@@ -137,20 +138,21 @@ def train_reward_model(patient: nn.Module, tokenizer, out: str | os.PathLike, *,
                "train_pairs": len(examples), "config": dataclasses.asdict(config),
                "final_train": history[-1] if history else None, "held_out_before": before, "held_out_after": after,
                **(info or {})}
-    save_reward_model(lm.merge_and_unload(), out, tokenizer, info=summary)
+    save_reward_model(lm, out, tokenizer, info=summary)
     return summary
 
 
 def save_reward_model(lm: nn.Module, path: str | os.PathLike, tokenizer=None, *, info: dict | None = None) -> pathlib.Path:
-    """Writes the RM atomically: an HF folder (save_pretrained; merge LoRA first) with its tokenizer and
-    taro_rm.json (format, vocabulary fingerprint, training summary)."""
-    if hasattr(lm, "merge_and_unload"):
-        lm = copy.deepcopy(lm).merge_and_unload()
+    """Writes the RM atomically: a LoRA RM as peft adapter files (adapters.save_adapter), any other as an HF
+    folder with its tokenizer; then taro_rm.json (format, vocabulary fingerprint, training summary)."""
     path = pathlib.Path(path)
     with staged_directory(path) as staging:
-        lm.save_pretrained(staging, safe_serialization=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
+        if adapters.is_lora_model(lm):
+            adapters.save_adapter(lm, staging)
+        else:
+            lm.save_pretrained(staging, safe_serialization=True)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(staging)
         meta = {"format": RM_FORMAT, "vocab": tokens.vocab_fingerprint(tokenizer) if tokenizer is not None else None,
                 "info": info or {}}
         (staging / "taro_rm.json").write_text(json.dumps(meta, indent=2))
@@ -158,12 +160,17 @@ def save_reward_model(lm: nn.Module, path: str | os.PathLike, tokenizer=None, *,
 
 
 def load_reward_model(path: str | os.PathLike, *, tokenizer=None, dtype: torch.dtype = torch.float32,
-                      device: str | torch.device = "cpu"):
+                      device: str | torch.device = "cpu", patient=None):
     """(lm, tokenizer) of a saved RM. With `tokenizer` (the base model's), refuses an RM trained with another
-    vocabulary."""
+    vocabulary. An adapter RM needs the base model it adapts (`patient`), and returns that tokenizer."""
     path = pathlib.Path(path)
     meta = read_format_json(path, "taro_rm.json", RM_FORMAT, "TARo reward model")
     if tokenizer is not None and meta.get("vocab") not in (None, tokens.vocab_fingerprint(tokenizer)):
         raise ValueError(f"{path}: the reward model was trained with another tokenizer than the base model's; "
                          "base and reward model must share a vocabulary")
+    if adapters.is_adapter_folder(path):
+        if patient is None:
+            raise ValueError(f"{path}: this reward model is a LoRA adapter of a base model; pass it "
+                             "(load_reward_model(path, patient=base))")
+        return adapters.load_adapter_lm(path, patient), tokenizer
     return load_model(path, dtype=dtype, device=device)

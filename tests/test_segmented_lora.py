@@ -1,0 +1,63 @@
+"""segmented_lora_ (multi-LoRA batching) against reference.segmented_lora: both CPU paths (per-row loops for
+decode segments, ATen for long ones), every activation dtype, ranks that differ per adapter, segment 0 left
+alone; bad arguments named. The CUDA glue: tests/test_gpu_segmented_lora.py."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fastdoctor import ops, reference
+
+TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.bfloat16: dict(rtol=1e-2, atol=1e-4),
+             torch.float16: dict(rtol=2e-3, atol=1e-4)}  # one rounding of the sum to the activations' dtype
+
+
+def case(rows: int, dtype: torch.dtype, ranks=(8, 4), inp=70, out=300, segments=(1, 2), device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = (1 + max(segments)) * rows
+    y = torch.randn(n, out, generator=g).to(dtype)
+    x = torch.randn(n, inp, generator=g).to(dtype)
+    shrink = [torch.randn(inp, r, generator=g) for r in ranks]
+    expand = [torch.randn(r, out, generator=g) * 0.1 for r in ranks]
+    args = [t.to(device) for t in (y, x)], [t.to(device) for t in shrink], [t.to(device) for t in expand]
+    return args, [0.5, 2.0][: len(ranks)], list(segments)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])
+def test_matches_reference(dtype, rows):
+    ((y, x), shrink, expand), scales, segments = case(rows, dtype)
+    expected = reference.segmented_lora(y, x, shrink, expand, scales, segments, rows)
+    got = ops.segmented_lora_(y.clone(), x, shrink, expand, scales, segments, rows)
+    torch.testing.assert_close(got.float(), expected.float(), **TOLERANCE[dtype])
+    assert torch.equal(got[:rows], y[:rows])  # the patient's segment gets no delta
+
+
+def test_one_adapter_on_a_later_segment_only():
+    ((y, x), shrink, expand), scales, _ = case(2, torch.float32, ranks=(8,), segments=(2,))
+    got = ops.segmented_lora_(y.clone(), x, shrink, expand, scales, [2], 2)
+    torch.testing.assert_close(got, reference.segmented_lora(y, x, shrink, expand, scales, [2], 2))
+    assert torch.equal(got[:4], y[:4])
+
+
+def test_it_is_in_place_and_empty_lists_do_nothing():
+    ((y, x), shrink, expand), scales, segments = case(2, torch.float32)
+    before = y.clone()
+    ops.segmented_lora_(y, x, [], [], [], [], 2)
+    assert torch.equal(y, before)
+    ops.segmented_lora_(y, x, shrink, expand, scales, segments, 2)
+    assert not torch.equal(y, before)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda y, x, a, b, s, g: (y, x[:, :5].contiguous(), a, b, s, g), "expected shrink"),
+    (lambda y, x, a, b, s, g: (y, x.double(), a, b, s, g), "one dtype"),
+    (lambda y, x, a, b, s, g: (y, x, [t.half() for t in a], b, s, g), "contiguous float32"),
+    (lambda y, x, a, b, s, g: (y, x, a, b[:1], s, g), "one shrink, expand, scale and segment per adapter"),
+    (lambda y, x, a, b, s, g: (y, x, a, b, s, [1, 3]), "outside the"),
+    (lambda y, x, a, b, s, g: (y.t(), x, a, b, s, g), "expected y|contiguous"),
+])
+def test_bad_arguments_are_named(change, match):
+    ((y, x), shrink, expand), scales, segments = case(2, torch.float32)
+    with pytest.raises(RuntimeError, match=match):
+        ops.segmented_lora_(*change(y, x, shrink, expand, scales, segments), 2)
