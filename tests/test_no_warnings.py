@@ -57,3 +57,19 @@ def test_a_lora_tfpo_training_step(tmp_path, strict):
     history = train(doc, examples, loss, TrainConfig(steps=1, batch_size=2, warmup_steps=0), tmp_path)
     doctor_lib.save_doctor(doc, tmp_path / "doctor")
     assert len(history) == 1 and torch.isfinite(torch.tensor(history[0]["loss"]))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_an_adapter_doctor_saved_loaded_exported_and_decoded(tmp_path, family, strict):
+    import copy
+
+    from fastdoctor.llmdoctor import doctor as doctor_lib
+    from fastdoctor.lora import attach_lora
+
+    patient = tiny_model(family, seed=0)
+    doctor_lib.save_doctor(doctor_lib.Doctor(attach_lora(copy.deepcopy(patient), rank=4)), tmp_path / "d")
+    doctor = doctor_lib.load_doctor(tmp_path / "d", patient=patient)
+    ids, mask = left_padded_prompts()
+    out = fastdoctor.generate(patient, ids, attention_mask=mask, doctors=[doctor.lm], seed=1, max_new_tokens=4)
+    doctor_lib.export_merged(tmp_path / "d", patient, tmp_path / "merged")
+    assert out.shape == (3, ids.shape[1] + 4)

@@ -79,6 +79,7 @@ def save_adapter(lm: nn.Module, folder: pathlib.Path) -> None:
     with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         lm.save_pretrained(str(folder), safe_serialization=True)
+    (folder / "README.md").unlink(missing_ok=True)  # peft's empty model card, which cites a local base path
     record = {"fingerprint": base_fingerprint(lm), "model_type": lm.get_base_model().config.model_type}
     (folder / BASE_RECORD).write_text(json.dumps(record, indent=2))
 

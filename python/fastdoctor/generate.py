@@ -1,10 +1,12 @@
-"""fastdoctor.generate: the KV-cache-aware dual-model decode loop.
+"""fastdoctor.generate: the KV-cache-aware multi-model decode loop.
 
-Each model (the patient, then each doctor) keeps its own KV cache. The prompt is prefilled once per model,
-computing logits for the last position only. Each step runs one forward per model on the new token only,
-then one call of the steering object (fastdoctor.steering), which runs one fused op: mix-and-sample with fixed
-or hooked weights, or TARo's router gating. A row that emits EOS is padded from then on, and its caches are
-never rebuilt. On a GPU the loop never waits on the device except every `eos_check_interval` steps.
+The models run in lanes, each with its own KV cache: the patient stacked with every LoRA adapter doctor of it
+(fastdoctor.shared_base: one forward over [patient; doctor 1; ...] x B rows), and one lane per separate
+doctor. The prompt is prefilled once per lane, computing logits for the last position only. Each step runs
+one forward per lane on the new token only, then one call of the steering object (fastdoctor.steering),
+which runs one fused op: mix-and-sample with fixed or hooked weights, or TARo's router gating. A row that
+emits EOS is padded from then on, and its caches are never rebuilt. On a GPU the loop never waits on the
+device except every `eos_check_interval` steps.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastdoctor
-from fastdoctor import ops, reference, taro
+from fastdoctor import adapters, ops, reference, taro
 from fastdoctor.sequences import pack_sequences, run_lm
 from fastdoctor.taro.reasoning import Problem, StepPair
 from fastdoctor.kv_cache import cache_kwargs, output_cache
@@ -309,8 +309,11 @@ def test_reward_model_training_raises_pair_accuracy_and_saves(tmp_path, tokenize
     assert after["accuracy"] >= 0.9 and after["accuracy"] > before["accuracy"], (before, after)
     assert after["margin"] > before["margin"] + 1.0
     assert set(after["by_level"]) == {"1", "2"}
-    rm, _ = taro.load_reward_model(tmp_path / "rm", tokenizer=tokenizer)  # an ordinary HF folder, LoRA merged
-    assert not any("lora" in name for name, _ in rm.named_parameters())
+    assert (tmp_path / "rm" / "adapter_model.safetensors").is_file()  # peft's adapter files, not a copy
+    with pytest.raises(ValueError, match="pass it"):
+        taro.load_reward_model(tmp_path / "rm", tokenizer=tokenizer)
+    rm, _ = taro.load_reward_model(tmp_path / "rm", tokenizer=tokenizer, patient=patient)
+    assert adapters.lora_deltas(rm, patient) is not None  # generate stacks it with the base
     # The saved RM scores like the trained one.
     examples = taro.step_pair_tokens(tokenizer, synthetic_pairs(16, 1))
     assert taro.pair_accuracy(rm, examples, beta_r=0.5)["accuracy"] == after["accuracy"]

@@ -1,0 +1,81 @@
+"""Builds the bundled positivity doctor, datasets/doctors/positivity (`--doctor bundled:positivity`).
+
+It is the quickstart's TFPO doctor, trained by the project's own recipe with the quickstart's default settings
+(seed 0): stage 1 rewards from the default patient's positivity faces on the 255 bundled train pairs, then 48
+TFPO steps of 8 pairs on a rank-8 LoRA copy of the patient with the fitted value ramp. The adapter weights are
+stored in bfloat16 (about 5 MB instead of 10); bundle.json records the command, the settings and the SHA-256
+of every file.
+
+    python -m fastdoctor.datasets.make_bundled_doctor [--cache DIR] [--out DIR]   (reuses the quickstart's cache;
+        from a checkout: --out python/fastdoctor/datasets/doctors/positivity)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import pathlib
+import shutil
+
+import torch
+
+OUT = pathlib.Path(__file__).resolve().parent / "doctors" / "positivity"
+COMMAND = "python -m fastdoctor.datasets.make_bundled_doctor --out python/fastdoctor/datasets/doctors/positivity"
+
+
+def sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> None:
+    from safetensors.torch import load_file, save_file
+
+    from .. import __version__
+    from ..llmdoctor import quickstart
+    from ..llmdoctor.data import bundled_preferences
+    from ..llmdoctor.doctor import read_doctor_meta, save_doctor
+    from ..llmdoctor.recipes import scored_examples
+    from ..llmdoctor.rewards import FACES, RewardSettings, acquire_rewards
+    from ..models import cache_dir, load_model
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache", type=pathlib.Path, default=None, help="default: $FASTDOCTOR_CACHE")
+    parser.add_argument("--out", type=pathlib.Path, default=OUT, help="default: the installed package's folder")
+    args = parser.parse_args()
+    out = args.out
+    settings = quickstart.QuickstartSettings()
+    root = (args.cache or cache_dir()) / "quickstart" / settings.digest()
+    patient, tokenizer = load_model("default")
+    rewards_path = root / "rewards.safetensors"
+    if not rewards_path.exists():
+        acquire_rewards(patient, tokenizer, bundled_preferences("train"), rewards_path,
+                        RewardSettings(faces=FACES[settings.faces]), patient_name="default")
+    saved = root / "tfpo" / "doctor"
+    if (saved / "doctor.json").exists() and read_doctor_meta(saved).get("kind") != "adapter":
+        shutil.rmtree(saved)  # a merged doctor from an older cache: re-saved from the final checkpoint below
+    examples = scored_examples(rewards_path, tokenizer, patient)
+    doctor = quickstart._train_doctor(patient, tokenizer, examples, root, settings)
+    info = read_doctor_meta(saved).get("info", {})
+    save_doctor(doctor, out, tokenizer, info={**info, "bundled": "positivity"})
+    weights = out / "adapter_model.safetensors"
+    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(weights)).items()}, str(weights),
+              metadata={"format": "pt"})
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"  # not this machine's cache path
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "bundle.json")
+    record = {"command": COMMAND, "recipe": "fastdoctor quickstart, default settings (stages 2 and 3)",
+              "settings": dataclasses.asdict(settings), "seed": settings.seed, "fastdoctor": __version__,
+              "torch": torch.__version__, "patient": "SmolLM2-135M-Instruct (the embedded default patient)",
+              "trained_on": "datasets/positivity_train.jsonl: 255 chosen/rejected pairs, the train split of the 300 everyday-"
+                            "annoyance prompts, judged by VADER (see positivity.meta.json)",
+              "adapter_dtype": "bfloat16", "sha256": {name: sha256(out / name) for name in files}}
+    (out / "bundle.json").write_text(json.dumps(record, indent=2) + "\n")
+    for path in out.iterdir():
+        path.chmod(0o644)  # package data: readable by every user of the install
+    print(f"wrote {out}: " + ", ".join(f"{n} {(out / n).stat().st_size / 1e6:.2f} MB" for n in files))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The bundled positivity doctor (datasets/doctors/positivity): its files match bundle.json, it loads offline
+over the default patient, steers it (its greedy reply differs from the patient's), and refuses another base."""
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+
+import pytest
+import torch
+
+import fastdoctor
+from fastdoctor import adapters
+from fastdoctor.cli.main import doctor_path
+from fastdoctor.llmdoctor.doctor import load_doctor
+from conftest import run_cli, tiny_model
+
+BUNDLED = pathlib.Path(fastdoctor.__file__).parent / "datasets" / "doctors" / "positivity"
+
+
+def test_the_files_match_their_recorded_hashes():
+    record = json.loads((BUNDLED / "bundle.json").read_text())
+    assert record["seed"] == 0 and record["command"].startswith("python -m fastdoctor.datasets.make_bundled_doctor")
+    files = sorted(p.name for p in BUNDLED.iterdir() if p.is_file() and p.name != "bundle.json")
+    assert files == sorted(record["sha256"]) and "adapter_model.safetensors" in files
+    for name, digest in record["sha256"].items():
+        assert hashlib.sha256((BUNDLED / name).read_bytes()).hexdigest() == digest, name
+    assert adapters.folder_size(BUNDLED) < 8e6  # a few MB, not a copy of the patient
+
+
+def test_it_steers_the_default_patient():
+    patient, tokenizer = fastdoctor.load_model("default")
+    doctor = load_doctor(doctor_path("bundled:positivity"), patient=patient, tokenizer=tokenizer)
+    assert adapters.lora_deltas(doctor.lm, patient) is not None  # decoded inside the patient's forward
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "My train was late again today."}],
+                                        add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    alone = fastdoctor.generate(patient, ids, max_new_tokens=24, temperature=0.0)
+    steered = fastdoctor.generate(patient, ids, doctors=[doctor.lm], betas=[1.0], max_new_tokens=24, temperature=0.0)
+    assert not torch.equal(alone, steered)
+
+
+def test_it_is_refused_on_another_base():
+    with pytest.raises(ValueError, match="another base model|does not fit|another architecture"):
+        adapters.load_adapter_lm(BUNDLED, tiny_model("llama", seed=0))
+
+
+def test_the_cli_steers_with_it():
+    result = run_cli("generate", "--doctor", "bundled:positivity", "--beta", "1", "--prompt", "My phone died.",
+                     "--max-new-tokens", "8")
+    assert result.returncode == 0, result.stderr
+    assert "2 model(s)" in result.stderr
+    missing = run_cli("generate", "--doctor", "bundled:nothing", "--prompt", "hi", "--max-new-tokens", "2")
+    assert missing.returncode != 0 and "bundled: positivity" in missing.stderr
