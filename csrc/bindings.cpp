@@ -38,7 +38,7 @@ TORCH_LIBRARY(fastdoctor, m) {
       "routed_sampling_from_logits(Tensor base_logits, Tensor rm_logits, Tensor embedding, Tensor w1, Tensor b1, "
       "Tensor w2, Tensor b2, Tensor temperature, Tensor top_k, Tensor top_p, Tensor seed, Tensor step, "
       "int top_k_features=20, int vocab_size=-1) -> (Tensor, Tensor, Tensor)");
-  // Multi-LoRA batching: y[r] += scales[i] * (x[r] @ shrink[i]) @ expand[i] for the rows r of segment
+  // Multi-LoRA batching: y[r] += scales[i] * (x[r] @ shrink[i]^T) @ expand[i] for the rows r of segment
   // segments[i] (segments of `rows` rows), in place. See csrc/kernels/segmented_lora.h.
   m.def(
       "segmented_lora_(Tensor(a!) y, Tensor x, Tensor[] shrink, Tensor[] expand, float[] scales, int[] segments, "

@@ -17,7 +17,7 @@ def case(rows: int, dtype: torch.dtype, ranks=(8, 4), inp=70, out=300, segments=
     n = (1 + max(segments)) * rows
     y = torch.randn(n, out, generator=g).to(dtype)
     x = torch.randn(n, inp, generator=g).to(dtype)
-    shrink = [torch.randn(inp, r, generator=g) for r in ranks]
+    shrink = [torch.randn(r, inp, generator=g) for r in ranks]
     expand = [torch.randn(r, out, generator=g) * 0.1 for r in ranks]
     args = [t.to(device) for t in (y, x)], [t.to(device) for t in shrink], [t.to(device) for t in expand]
     return args, [0.5, 2.0][: len(ranks)], list(segments)
@@ -25,12 +25,23 @@ def case(rows: int, dtype: torch.dtype, ranks=(8, 4), inp=70, out=300, segments=
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])
-def test_matches_reference(dtype, rows):
-    ((y, x), shrink, expand), scales, segments = case(rows, dtype)
+@pytest.mark.parametrize("ranks", [(8, 4), (16, 3), (1, 32)])
+def test_matches_reference(dtype, rows, ranks):
+    ((y, x), shrink, expand), scales, segments = case(rows, dtype, ranks=ranks, inp=77)  # 77: a lane remainder
     expected = reference.segmented_lora(y, x, shrink, expand, scales, segments, rows)
     got = ops.segmented_lora_(y.clone(), x, shrink, expand, scales, segments, rows)
     torch.testing.assert_close(got.float(), expected.float(), **TOLERANCE[dtype])
     assert torch.equal(got[:rows], y[:rows])  # the patient's segment gets no delta
+
+
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_segments_count_rows_of_the_first_dimension(tokens):
+    """A projection's [N, T, features] tensors: segment s is x[s * rows:(s + 1) * rows], all T positions."""
+    ((y, x), shrink, expand), scales, segments = case(3 * tokens, torch.float32)
+    y3, x3 = y.view(9, tokens, -1), x.view(9, tokens, -1)
+    got = ops.segmented_lora_(y3.clone(), x3, shrink, expand, scales, segments, 3)
+    expected = reference.segmented_lora(y, x, shrink, expand, scales, segments, 3 * tokens)
+    torch.testing.assert_close(got.view_as(y), expected, **TOLERANCE[torch.float32])
 
 
 def test_one_adapter_on_a_later_segment_only():
@@ -50,7 +61,7 @@ def test_it_is_in_place_and_empty_lists_do_nothing():
 
 
 @pytest.mark.parametrize("change,match", [
-    (lambda y, x, a, b, s, g: (y, x[:, :5].contiguous(), a, b, s, g), "expected shrink"),
+    (lambda y, x, a, b, s, g: (y, x[:, :5].contiguous(), a, b, s, g), r"expected shrink \[rank, 5\]"),
     (lambda y, x, a, b, s, g: (y, x.double(), a, b, s, g), "one dtype"),
     (lambda y, x, a, b, s, g: (y, x, [t.half() for t in a], b, s, g), "contiguous float32"),
     (lambda y, x, a, b, s, g: (y, x, a, b[:1], s, g), "one shrink, expand, scale and segment per adapter"),

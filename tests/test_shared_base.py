@@ -65,7 +65,7 @@ def assert_same_run(a, b):
     assert len(steps_a) == len(steps_b)
     for step_a, step_b in zip(steps_a, steps_b):
         for za, zb in zip(step_a, step_b):
-            torch.testing.assert_close(za, zb, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(za, zb, rtol=1e-4, atol=5e-5)  # fp32: the delta sums in another order
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -1,10 +1,26 @@
-// Argument checks for segmented_lora_ (CPU and CUDA): y [N, out] and x [N, in] row-major in one float dtype,
-// per adapter a float32 shrink [in, rank] and expand [rank, out], one scale and one segment index each, and
+// Argument checks for segmented_lora_ (CPU and CUDA): y [N, ..., out] and x [N, ..., in] with the same leading
+// dimensions (a projection's output and input), seen as matrices of rows; segments count rows of the first
+// dimension (a decode step's [N, 1, in] and a prefill's [N, T, in] alike). Then, on those matrices:
+// y [M, out] and x [M, in] row-major in one float dtype,
+// per adapter a float32 shrink [rank, in] (lora_A) and expand [rank, out] (lora_B transposed), one scale and one segment index each, and
 // segments of `rows` rows inside N.
 #pragma once
 #include <ATen/ATen.h>
 
+#include <tuple>
+
 namespace fastdoctor {
+
+// (y [M, out], x [M, in], rows of M per segment) from the projection's tensors; shape errors are named later.
+inline std::tuple<at::Tensor, at::Tensor, int64_t> as_row_matrices(const at::Tensor& y, const at::Tensor& x,
+                                                                     int64_t rows) {
+  TORCH_CHECK(y.dim() >= 2 && y.dim() == x.dim() && y.sizes().slice(0, y.dim() - 1) == x.sizes().slice(0, x.dim() - 1),
+              "segmented_lora_: expected y [N, ..., out] and x [N, ..., in] with the same leading dimensions, got ",
+              y.sizes(), " and ", x.sizes());
+  TORCH_CHECK(y.is_contiguous() && x.is_contiguous(), "segmented_lora_: y and x must be contiguous");
+  const int64_t per_row = x.size(0) == 0 ? 1 : x.numel() / (x.size(0) * x.size(-1));
+  return {y.view({-1, y.size(-1)}), x.view({-1, x.size(-1)}), rows * per_row};
+}
 
 inline void check_segmented_lora_args(const at::Tensor& y, const at::Tensor& x, at::TensorList shrink,
                                       at::TensorList expand, at::ArrayRef<double> scales, at::IntArrayRef segments,
@@ -25,9 +41,9 @@ inline void check_segmented_lora_args(const at::Tensor& y, const at::Tensor& x, 
   for (size_t i = 0; i < k; ++i) {
     const at::Tensor& a = shrink[i];
     const at::Tensor& b = expand[i];
-    TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(0) == x.size(1) && b.size(1) == y.size(1) &&
-                    a.size(1) == b.size(0),
-                "segmented_lora_: adapter ", i, ": expected shrink [", x.size(1), ", rank] and expand [rank, ",
+    TORCH_CHECK(a.dim() == 2 && b.dim() == 2 && a.size(1) == x.size(1) && b.size(1) == y.size(1) &&
+                    a.size(0) == b.size(0),
+                "segmented_lora_: adapter ", i, ": expected shrink [rank, ", x.size(1), "] and expand [rank, ",
                 y.size(1), "], got ", a.sizes(), " and ", b.sizes());
     TORCH_CHECK(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.is_contiguous() &&
                     b.is_contiguous(),
@@ -39,15 +55,19 @@ inline void check_segmented_lora_args(const at::Tensor& y, const at::Tensor& x, 
   }
 }
 
-// The ATen path: two matmuls per segment. The CPU kernel takes it for long segments (prefill), where BLAS
-// wins; the CUDA glue always takes it (cuBLAS) until a BGMV kernel lands.
+// The ATen path: two matmuls per segment. The CPU kernel takes it where BLAS wins (long segments, and float32
+// segments of 4 rows or more); the CUDA glue always takes it (cuBLAS) until a BGMV kernel lands.
 inline void segmented_lora_aten(at::Tensor& y, const at::Tensor& x, at::TensorList shrink, at::TensorList expand,
                                 at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
   for (size_t i = 0; i < shrink.size(); ++i) {
     const int64_t begin = segments[i] * rows;
-    at::Tensor delta = at::mm(at::mm(x.narrow(0, begin, rows).to(at::kFloat), shrink[i]), expand[i]);
     at::Tensor part = y.narrow(0, begin, rows);
-    part.copy_(part.to(at::kFloat).add_(delta.mul_(scales[i])));
+    if (y.scalar_type() == at::kFloat) {  // one fused GEMM for the expand and the add
+      part.addmm_(at::mm(x.narrow(0, begin, rows), shrink[i].t()), expand[i], 1.0, scales[i]);
+    } else {
+      at::Tensor delta = at::mm(at::mm(x.narrow(0, begin, rows).to(at::kFloat), shrink[i].t()), expand[i]);
+      part.copy_(part.to(at::kFloat).add_(delta.mul_(scales[i])));
+    }
   }
 }
 

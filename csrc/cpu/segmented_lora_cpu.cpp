@@ -1,54 +1,97 @@
 // CPU kernel for segmented_lora_ (math in csrc/kernels/segmented_lora.h). Decode segments are a few rows:
-// there the per-row loops beat BLAS, whose call overhead dominates a [rows, 576] x [576, 8] product. Long
-// segments (prefill) take the ATen path. Checked against reference.segmented_lora in
-// tests/test_segmented_lora.py.
+// there these loops beat BLAS, whose call overhead dominates a [rows, 576] x [576, 8] product (measured on
+// SmolLM2-135M's projections: up to 3 rows in float32, up to 16 in bfloat16/float16). The input rows
+// are converted to float once, the shrink runs four rank dot products at once in independent lanes, and the
+// float loops get AVX-512/AVX2 clones (vector_math.h). Long segments (prefill) take the ATen path. Checked
+// against reference.segmented_lora in tests/test_segmented_lora.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
+#include "../common/logit_args.h"
 #include "../common/segmented_lora_args.h"
 #include "../kernels/segmented_lora.h"
+#include "vector_math.h"
 
 namespace fastdoctor {
 namespace {
 
-constexpr int64_t kLoopRows = 16;           // segments up to this many rows run the per-row loops
-constexpr int64_t kColumnsPerTask = 256;    // output columns per parallel task
-constexpr int64_t kParallelWork = 1 << 16;  // multiply-adds below which one thread does it all
+constexpr int64_t kLoopRows = 16;           // segments up to this many rows run the loops...
+constexpr int64_t kLoopRowsFloat = 3;       // ...or this many for float32, where BLAS's small GEMMs win from 4
+constexpr int64_t kColumns = 256;           // output columns per task
+constexpr int64_t kParallelWork = 1 << 18;  // multiply-adds below which one thread does a segment
+
+// t [rows, rank] = x_segment @ shrink^T, four ranks at a time per row.
+FD_VECTOR_CLONES void shrink(const float* x, const float* a, int64_t in, int64_t rank, int64_t rows, float* t) {
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t j = 0;
+    for (; j + 4 <= rank; j += 4) lora_shrink_block<1, 4>(x + r * in, a, in, rank, j, t + r * rank);
+    for (; j < rank; ++j) lora_shrink_block<1, 1>(x + r * in, a, in, rank, j, t + r * rank);
+  }
+}
+
+FD_VECTOR_CLONES void expand(const float* t, const float* b, int64_t rank, int64_t out, int64_t begin, int64_t end,
+                             float* acc) {
+  lora_expand_columns(t, b, rank, out, begin, end, acc);
+}
+
+// For float32 activations the final add vectorises too (the bf16/fp16 one converts per element).
+FD_VECTOR_CLONES void expand_add(const float* t, const float* b, int64_t rank, int64_t out, int64_t begin,
+                                 int64_t end, float scale, float* acc, float* y) {
+  lora_expand_columns(t, b, rank, out, begin, end, acc);
+  lora_add_scaled(acc, end - begin, scale, y);
+}
 
 template <typename In>
-void segmented_lora_loops(at::Tensor& y, const at::Tensor& x, at::TensorList shrink, at::TensorList expand,
+void segmented_lora_loops(at::Tensor& y, const at::Tensor& x, at::TensorList shrinks, at::TensorList expands,
                           at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
   const int64_t in = x.size(1), out = y.size(1);
-  const In* xs = x.data_ptr<In>();
+  const ScalarKind kind = scalar_kind_of(x, 0);  // dtype already checked
   In* ys = y.data_ptr<In>();
-  for (size_t i = 0; i < shrink.size(); ++i) {
-    const int64_t rank = shrink[i].size(1), first = segments[i] * rows;
-    const float* a = shrink[i].data_ptr<float>();
-    const float* b = expand[i].data_ptr<float>();
+  constexpr bool kFloatInput = std::is_same_v<In, float>;
+  std::vector<float> xf(kFloatInput ? 0 : rows * in), t;
+  for (size_t i = 0; i < shrinks.size(); ++i) {
+    const int64_t rank = shrinks[i].size(0), first = segments[i] * rows;
     const float scale = static_cast<float>(scales[i]);
-    std::vector<float> t(rows * rank);
-    for (int64_t r = 0; r < rows; ++r) lora_shrink_row(xs + (first + r) * in, a, in, rank, t.data() + r * rank);
-    const int64_t tasks_per_row = (out + kColumnsPerTask - 1) / kColumnsPerTask;
+    const float* b = expands[i].data_ptr<float>();
+    const float* rows_f = nullptr;
+    if constexpr (kFloatInput) {
+      rows_f = x.data_ptr<float>() + first * in;
+    } else {
+      for (int64_t r = 0; r < rows; ++r)
+        load_row_as_float(static_cast<const char*>(x.data_ptr()) + (first + r) * in * x.element_size(), kind,
+                          xf.data() + r * in, in);
+      rows_f = xf.data();
+    }
+    t.assign(rows * rank, 0.0f);
+    shrink(rows_f, shrinks[i].data_ptr<float>(), in, rank, rows, t.data());
+    const int64_t tasks_per_row = (out + kColumns - 1) / kColumns;
     const int64_t grain = rows * (in + out) * rank < kParallelWork ? rows * tasks_per_row : 1;
     at::parallel_for(0, rows * tasks_per_row, grain, [&](int64_t begin, int64_t end) {
-      float acc[kColumnsPerTask];
+      float acc[kColumns];
       for (int64_t task = begin; task < end; ++task) {
-        const int64_t r = task / tasks_per_row, o0 = (task % tasks_per_row) * kColumnsPerTask;
-        const int64_t o1 = o0 + kColumnsPerTask < out ? o0 + kColumnsPerTask : out;
-        lora_expand_row(t.data() + r * rank, b, rank, out, o0, o1, scale, acc, ys + (first + r) * out);
+        const int64_t r = task / tasks_per_row, o0 = (task % tasks_per_row) * kColumns;
+        const int64_t o1 = o0 + kColumns < out ? o0 + kColumns : out;
+        if constexpr (kFloatInput) {
+          expand_add(t.data() + r * rank, b, rank, out, o0, o1, scale, acc, ys + (first + r) * out + o0);
+        } else {
+          expand(t.data() + r * rank, b, rank, out, o0, o1, acc);
+          lora_add_scaled(acc, o1 - o0, scale, ys + (first + r) * out + o0);
+        }
       }
     });
   }
 }
 
-void segmented_lora_cpu(at::Tensor y, const at::Tensor& x, at::TensorList shrink, at::TensorList expand,
-                        at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
+void segmented_lora_cpu(at::Tensor y_in, const at::Tensor& x_in, at::TensorList shrink, at::TensorList expand,
+                        at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows_in) {
+  auto [y, x, rows] = as_row_matrices(y_in, x_in, rows_in);
   check_segmented_lora_args(y, x, shrink, expand, scales, segments, rows);
   if (rows == 0 || shrink.empty()) return;
-  if (rows > kLoopRows) {
+  if (rows > (x.scalar_type() == at::kFloat ? kLoopRowsFloat : kLoopRows)) {
     segmented_lora_aten(y, x, shrink, expand, scales, segments, rows);
     return;
   }

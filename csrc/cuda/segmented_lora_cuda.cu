@@ -8,8 +8,9 @@
 namespace fastdoctor {
 namespace {
 
-void segmented_lora_cuda(at::Tensor y, const at::Tensor& x, at::TensorList shrink, at::TensorList expand,
-                         at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
+void segmented_lora_cuda(at::Tensor y_in, const at::Tensor& x_in, at::TensorList shrink, at::TensorList expand,
+                         at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows_in) {
+  auto [y, x, rows] = as_row_matrices(y_in, x_in, rows_in);
   check_segmented_lora_args(y, x, shrink, expand, scales, segments, rows);
   if (rows == 0 || shrink.empty()) return;
   segmented_lora_aten(y, x, shrink, expand, scales, segments, rows);

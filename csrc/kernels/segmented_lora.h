@@ -1,12 +1,12 @@
 // Segmented LoRA: the per-row math of multi-LoRA batching (punica's SGMV with contiguous segments).
 //
 // The stacked batch holds segments of `rows` rows; segment s has adapter s (segment 0, the patient, none):
-//   y[r, :] += scale_s * ((x[r, :] @ shrink_s) @ expand_s)      shrink_s [in, rank], expand_s [rank, out]
-// Both matrices are stored transposed from peft's lora_A [rank, in] and lora_B [out, rank], so every inner
-// loop runs over contiguous memory with independent lanes (it vectorises without reassociating sums).
+//   y[r, :] += scale_s * ((x[r, :] @ shrink_s^T) @ expand_s)    shrink_s [rank, in], expand_s [rank, out]
+// shrink is peft's lora_A as it is; expand is lora_B [out, rank] transposed, so both inner loops run over
+// contiguous memory with independent lanes (they vectorise without reassociating sums).
 // Accumulation is float32 whatever the activations' dtype, as peft computes a float32 adapter.
-// Host+device inline and framework-free: In is float, c10::BFloat16 or c10::Half (anything that converts to
-// and from float). Checked against python/fastdoctor/reference.py:segmented_lora in tests/test_segmented_lora.py.
+// Host+device inline and framework-free. Checked against python/fastdoctor/reference.py:segmented_lora in
+// tests/test_segmented_lora.py.
 #pragma once
 #include <cstdint>
 
@@ -14,29 +14,46 @@
 
 namespace fastdoctor {
 
-// t[j] = sum_i x[i] * shrink[i, j] for j < rank.
-template <typename In>
-FD_HOST_DEVICE void lora_shrink_row(const In* x, const float* shrink, int64_t in, int64_t rank, float* t) {
-  for (int64_t j = 0; j < rank; ++j) t[j] = 0.0f;
-  for (int64_t i = 0; i < in; ++i) {
-    const float xi = static_cast<float>(x[i]);
-    const float* w = shrink + i * rank;
-    for (int64_t j = 0; j < rank; ++j) t[j] += xi * w[j];
-  }
+// t[g, j0 + j] = sum_i x[g, i] * shrink[j0 + j, i] for G rows (row stride `in`) and J consecutive ranks: G x J
+// sets of 8 independent lanes over i, so the dot products vectorise without reassociating a sum and the
+// G x J chains hide the add latency. Lanes are summed in a fixed order, so every clone gives the same result.
+template <int G, int J>
+FD_HOST_DEVICE void lora_shrink_block(const float* x, const float* shrink, int64_t in, int64_t rank, int64_t j0,
+                                      float* t) {
+  float lanes[G][J][8];
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < J; ++j)
+      for (int l = 0; l < 8; ++l) lanes[g][j][l] = 0.0f;
+  int64_t i = 0;
+  for (; i + 8 <= in; i += 8)
+    for (int g = 0; g < G; ++g)
+      for (int j = 0; j < J; ++j)
+        for (int l = 0; l < 8; ++l) lanes[g][j][l] += x[g * in + i + l] * shrink[(j0 + j) * in + i + l];
+  for (int g = 0; g < G; ++g)
+    for (int j = 0; j < J; ++j) {
+      float sum = 0.0f;
+      for (int l = 0; l < 8; ++l) sum += lanes[g][j][l];
+      for (int64_t k = i; k < in; ++k) sum += x[g * in + k] * shrink[(j0 + j) * in + k];
+      t[g * rank + j0 + j] = sum;
+    }
 }
 
-// acc[o] = sum_j t[j] * expand[j, o] for o in [begin, end), then y[o] = y[o] + acc[o] * scale (rounded to In
-// once, like peft's result + delta * scaling).
-template <typename In>
-FD_HOST_DEVICE void lora_expand_row(const float* t, const float* expand, int64_t rank, int64_t out, int64_t begin,
-                                    int64_t end, float scale, float* acc, In* y) {
+// acc[o - begin] = sum_j t[j] * expand[j, o] for o in [begin, end).
+FD_HOST_DEVICE void lora_expand_columns(const float* t, const float* expand, int64_t rank, int64_t out, int64_t begin,
+                                        int64_t end, float* acc) {
   for (int64_t o = begin; o < end; ++o) acc[o - begin] = 0.0f;
   for (int64_t j = 0; j < rank; ++j) {
     const float tj = t[j];
     const float* w = expand + j * out;
     for (int64_t o = begin; o < end; ++o) acc[o - begin] += tj * w[o];
   }
-  for (int64_t o = begin; o < end; ++o) y[o] = static_cast<In>(static_cast<float>(y[o]) + acc[o - begin] * scale);
+}
+
+// y[o] = y[o] + acc[o] * scale, rounded to y's type once (peft's result + delta * scaling). In: float,
+// c10::BFloat16, c10::Half or anything that converts to and from float.
+template <typename In>
+FD_HOST_DEVICE void lora_add_scaled(const float* acc, int64_t n, float scale, In* y) {
+  for (int64_t o = 0; o < n; ++o) y[o] = static_cast<In>(static_cast<float>(y[o]) + acc[o] * scale);
 }
 
 }  // namespace fastdoctor

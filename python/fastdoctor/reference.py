@@ -247,10 +247,10 @@ def routed_sampling_from_logits(
 def segmented_lora(y: torch.Tensor, x: torch.Tensor, shrink: list[torch.Tensor], expand: list[torch.Tensor],
                    scales: list[float], segments: list[int], rows: int) -> torch.Tensor:
     """Multi-LoRA batching, readable: a copy of y [N, out] where the rows of segment segments[i] (`rows` rows
-    each) gain scales[i] * (x @ shrink[i]) @ expand[i], computed in float32 and rounded to y's dtype once, as
-    peft adds a float32 adapter's delta (shrink [in, rank] = lora_A.T, expand [rank, out] = lora_B.T)."""
+    each) gain scales[i] * (x @ shrink[i].T) @ expand[i], computed in float32 and rounded to y's dtype once, as
+    peft adds a float32 adapter's delta (shrink [rank, in] = lora_A, expand [rank, out] = lora_B.T)."""
     y = y.clone()
     for a, b, scale, segment in zip(shrink, expand, scales, segments):
         part = slice(segment * rows, (segment + 1) * rows)
-        y[part] = (y[part].float() + ((x[part].float() @ a) @ b) * scale).to(y.dtype)
+        y[part] = (y[part].float() + ((x[part].float() @ a.T) @ b) * scale).to(y.dtype)
     return y

@@ -46,21 +46,25 @@ class StackedLoRA(nn.Module):
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Re-reads the doctors' LoRA weights into the transposed float32 copies the kernel reads (the
-        doctors may have trained since the last call)."""
-        if not self.shrink:
-            self.shrink = [d.a.detach().float().t().contiguous() for d in self.sources]
+        """Re-reads the doctors' LoRA weights into the float32 layout the kernel reads (lora_A as it is when it
+        is float32, lora_B transposed), since the doctors may have trained since the last call."""
+        if not self.expand:
+            self.shrink = [d.a.detach() if d.a.dtype == torch.float32 and d.a.is_contiguous()
+                           else d.a.detach().float().contiguous() for d in self.sources]
             self.expand = [d.b.detach().float().t().contiguous() for d in self.sources]
             return
         for copy_a, copy_b, d in zip(self.shrink, self.expand, self.sources):
-            copy_a.copy_(d.a.detach().t())
+            if copy_a.data_ptr() != d.a.data_ptr():
+                copy_a.copy_(d.a.detach())
             copy_b.copy_(d.b.detach().t())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        rows = self.layout.rows * (x.numel() // (x.shape[0] * x.shape[-1]))  # stacked rows -> [N * T] rows
-        ops.segmented_lora_(y.view(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]).contiguous(), self.shrink,
-                            self.expand, self.scales, self.segments, rows)
+        # This runs once per projection per step, so it is kept to two calls: the base's forward (not its
+        # __call__, so hooks on the patient's projections do not run here) and the op itself (not the
+        # ops.segmented_lora_ wrapper).
+        y = self.base.forward(x)
+        torch.ops.fastdoctor.segmented_lora_(y, x.contiguous(), self.shrink, self.expand, self.scales, self.segments,
+                                             self.layout.rows)
         return y
 
 
