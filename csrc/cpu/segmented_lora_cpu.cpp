@@ -1,6 +1,6 @@
 // CPU kernel for segmented_lora_ (math in csrc/kernels/segmented_lora.h). Decode segments are a few rows:
 // there these loops beat BLAS, whose call overhead dominates a [rows, 576] x [576, 8] product (measured on
-// SmolLM2-135M's projections: up to 3 rows in float32, up to 16 in bfloat16/float16). The input rows
+// SmolLM2-135M's projections: up to 3 rows; from 4, BLAS on the rows converted to float). The input rows
 // are converted to float once, the shrink runs four rank dot products at once in independent lanes, and the
 // float loops get AVX-512/AVX2 clones (vector_math.h). Long segments (prefill) take the ATen path. Checked
 // against reference.segmented_lora in tests/test_segmented_lora.py.
@@ -19,8 +19,8 @@
 namespace fastdoctor {
 namespace {
 
-constexpr int64_t kLoopRows = 16;           // segments up to this many rows run the loops...
-constexpr int64_t kLoopRowsFloat = 3;       // ...or this many for float32, where BLAS's small GEMMs win from 4
+constexpr int64_t kLoopRowsFloat = 3;  // segments up to this many rows run the loops; from 4, BLAS's small GEMMs win
+constexpr int64_t kBlas16Rows = 64;      // 16-bit segments up to this many rows take BLAS on float rows, then ATen
 constexpr int64_t kColumns = 256;           // output columns per task
 constexpr int64_t kParallelWork = 1 << 18;  // multiply-adds below which one thread does a segment
 
@@ -43,6 +43,50 @@ FD_VECTOR_CLONES void expand_add(const float* t, const float* b, int64_t rank, i
                                  int64_t end, float scale, float* acc, float* y) {
   lora_expand_columns(t, b, rank, out, begin, end, acc);
   lora_add_scaled(acc, end - begin, scale, y);
+}
+
+// y = bf16(float(y) + acc * scale) for bf16 bits, rounding to nearest even exactly as c10::BFloat16 does (NaN
+// becomes 0x7FC0), in integer lanes so it vectorises.
+FD_VECTOR_CLONES void add_scaled_bf16(const float* acc, int64_t n, float scale, uint16_t* y) {
+  for (int64_t o = 0; o < n; ++o) {
+    const float f = bfloat16_bits_to_float(y[o]) + acc[o] * scale;
+    const uint32_t bits = float_as_bits(f);
+    const uint16_t rounded = static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    y[o] = f != f ? static_cast<uint16_t>(0x7FC0) : rounded;
+  }
+}
+
+template <typename In>
+void add_scaled(const float* acc, int64_t n, float scale, In* y) {
+  if constexpr (std::is_same_v<In, c10::BFloat16>) {
+    add_scaled_bf16(acc, n, scale, reinterpret_cast<uint16_t*>(y));
+  } else {
+    lora_add_scaled(acc, n, scale, y);
+  }
+}
+
+// 16-bit activations, segments of 4 rows or more: the rows converted to float once, both products through
+// BLAS on those float rows, then one vectorised add back (ATen's own path would convert x and y per call).
+template <typename In>
+void segmented_lora_blas16(at::Tensor& y, const at::Tensor& x, at::TensorList shrinks, at::TensorList expands,
+                           at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
+  const int64_t in = x.size(1), out = y.size(1);
+  const ScalarKind kind = scalar_kind_of(x, 0);
+  In* ys = y.data_ptr<In>();
+  std::vector<float> xf(rows * in);
+  for (size_t i = 0; i < shrinks.size(); ++i) {
+    const int64_t first = segments[i] * rows;
+    for (int64_t r = 0; r < rows; ++r)
+      load_row_as_float(static_cast<const char*>(x.data_ptr()) + (first + r) * in * x.element_size(), kind,
+                        xf.data() + r * in, in);
+    const at::Tensor rows_f = at::from_blob(xf.data(), {rows, in}, x.options().dtype(at::kFloat));
+    const at::Tensor delta = at::mm(at::mm(rows_f, shrinks[i].t()), expands[i]);
+    const float* d = delta.data_ptr<float>();
+    const float scale = static_cast<float>(scales[i]);
+    at::parallel_for(0, rows, rows * out < kParallelWork ? rows : 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) add_scaled(d + r * out, out, scale, ys + (first + r) * out);
+    });
+  }
 }
 
 template <typename In>
@@ -79,7 +123,7 @@ void segmented_lora_loops(at::Tensor& y, const at::Tensor& x, at::TensorList shr
           expand_add(t.data() + r * rank, b, rank, out, o0, o1, scale, acc, ys + (first + r) * out + o0);
         } else {
           expand(t.data() + r * rank, b, rank, out, o0, o1, acc);
-          lora_add_scaled(acc, o1 - o0, scale, ys + (first + r) * out + o0);
+          add_scaled(acc, o1 - o0, scale, ys + (first + r) * out + o0);
         }
       }
     });
@@ -91,8 +135,16 @@ void segmented_lora_cpu(at::Tensor y_in, const at::Tensor& x_in, at::TensorList 
   auto [y, x, rows] = as_row_matrices(y_in, x_in, rows_in);
   check_segmented_lora_args(y, x, shrink, expand, scales, segments, rows);
   if (rows == 0 || shrink.empty()) return;
-  if (rows > (x.scalar_type() == at::kFloat ? kLoopRowsFloat : kLoopRows)) {
+  if (rows > kBlas16Rows || (x.scalar_type() == at::kFloat && rows > kLoopRowsFloat)) {
     segmented_lora_aten(y, x, shrink, expand, scales, segments, rows);
+    return;
+  }
+  if (rows > kLoopRowsFloat) {
+    if (x.scalar_type() == at::kBFloat16) {
+      segmented_lora_blas16<c10::BFloat16>(y, x, shrink, expand, scales, segments, rows);
+    } else {
+      segmented_lora_blas16<c10::Half>(y, x, shrink, expand, scales, segments, rows);
+    }
     return;
   }
   switch (x.scalar_type()) {
