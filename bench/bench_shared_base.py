@@ -66,6 +66,8 @@ def main() -> None:
         prompt = prompt_ids(tokenizer, PROMPT, PROMPT_TOKENS, patient.config.vocab_size).to(device)
         shared_all = [random_adapter(patient, seed) for seed in range(max(counts))]
         merged_all = [adapters.merged_copy(d).eval() for d in shared_all]
+        for model in merged_all:  # as load_model gives them (a frozen LM head takes a slow path in torch 2.13)
+            model.requires_grad_(True)
         meta = meta or run_meta(device, patient=patient_label, lora_rank=8, top_p=0.9, quick=args.quick,
                                 prompt_tokens=prompt.shape[1], dtypes=dtypes)
         for k in counts:
