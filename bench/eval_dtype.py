@@ -24,7 +24,6 @@ from fastdoctor.llmdoctor import evaluate
 from fastdoctor.llmdoctor.data import bundled_preferences
 from fastdoctor.llmdoctor.doctor import load_doctor
 from fastdoctor.sequences import pack_sequences, run_lm
-from fastdoctor.tokens import pad_id
 from common import add_options, run_meta, start, write_results
 
 MAX_NEW_TOKENS = 48
