@@ -191,3 +191,34 @@ def test_a_peft_model_over_a_copy_of_the_patient_runs_as_a_separate_model(tmp_pa
     assert adapters.lora_deltas(shared, patient) is not None
     assert adapters.lora_deltas(separate, patient) is None
     assert adapters.lora_deltas(tiny_model("llama", seed=0), patient) is None
+
+
+def test_threads_with_different_batch_sizes_share_the_stacked_copy(tmp_path):
+    import threading
+
+    patient = tiny_model("llama", seed=0)
+    doctor = adapters.load_adapter_lm(random_adapter(patient, tmp_path / "a", seed=1), patient)
+    ids, mask = left_padded_prompts(batch=3)
+    jobs = {1: (ids[:1], mask[:1]), 3: (ids, mask)}
+
+    def guided(rows):
+        return fastdoctor.generate(patient, jobs[rows][0], attention_mask=jobs[rows][1], doctors=[doctor],
+                                   max_new_tokens=8, temperature=0.0)
+
+    serial = {rows: guided(rows) for rows in jobs}
+    results, errors = {}, []
+
+    def worker(rows):
+        try:
+            for _ in range(5):
+                assert torch.equal(guided(rows), serial[rows])
+            results[rows] = True
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(rows,)) for rows in (1, 3, 1, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and set(results) == {1, 3}

@@ -12,6 +12,7 @@ afresh at the start of every generate call, so it follows their training.
 """
 from __future__ import annotations
 
+import threading
 import weakref
 
 import torch
@@ -20,8 +21,9 @@ from torch import nn
 from .adapters import LoraDelta, weight_sharing_copy
 
 
-class SegmentLayout:
-    """Rows per segment of the current stacked batch (set by generate before each call's prefill)."""
+class SegmentLayout(threading.local):
+    """Rows per segment of the current stacked batch (set by generate before each call's prefill). Per
+    thread: calls from several threads share one stacked copy, each with its own batch size."""
 
     rows: int = 0
 
