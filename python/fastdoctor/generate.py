@@ -173,9 +173,13 @@ class _Lane:
             logits[slot] = part
 
     def prefill(self, input_ids, attention_mask, position_ids, logits: list) -> None:
+        # The last position as an index tensor, not logits_to_keep=1: HF then gathers a contiguous hidden state.
+        # Its slice of [B, L, H] is not contiguous, and torch 2.13's CPU F.linear of such an input with a frozen
+        # weight expands the LM head to [B, H, V] (1 s instead of 4 ms for a bf16 prefill of 16 rows).
+        last = torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
         out = self.model(input_ids=self._stack(input_ids), attention_mask=self._stack(attention_mask),
                          position_ids=self._stack(position_ids), **cache_kwargs(self.model, self.cache),
-                         use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=last)
         self._scatter(out, logits)
 
     def decode(self, tokens, attention_mask, position_ids, logits: list) -> None:
