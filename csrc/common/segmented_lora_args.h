@@ -1,9 +1,8 @@
 // Argument checks for segmented_lora_ (CPU and CUDA): y [N, ..., out] and x [N, ..., in] with the same leading
 // dimensions (a projection's output and input), seen as matrices of rows; segments count rows of the first
-// dimension (a decode step's [N, 1, in] and a prefill's [N, T, in] alike). Then, on those matrices:
-// y [M, out] and x [M, in] row-major in one float dtype,
-// per adapter a float32 shrink [rank, in] (lora_A) and expand [rank, out] (lora_B transposed), one scale and one segment index each, and
-// segments of `rows` rows inside N.
+// dimension (a decode step's [N, 1, in] and a prefill's [N, T, in] alike). Then, on those matrices: y [M, out]
+// and x [M, in] in one float dtype, per adapter a float32 shrink [rank, in] (lora_A) and expand [rank, out]
+// (lora_B transposed), one scale and one segment index, and segments of `rows` rows inside M.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -11,7 +10,7 @@
 
 namespace fastdoctor {
 
-// (y [M, out], x [M, in], rows of M per segment) from the projection's tensors; shape errors are named later.
+// (y [M, out], x [M, in], rows of M per segment) from the projection's tensors, both contiguous.
 inline std::tuple<at::Tensor, at::Tensor, int64_t> as_row_matrices(const at::Tensor& y, const at::Tensor& x,
                                                                      int64_t rows) {
   TORCH_CHECK(y.dim() >= 2 && y.dim() == x.dim() && y.sizes().slice(0, y.dim() - 1) == x.sizes().slice(0, x.dim() - 1),
@@ -25,9 +24,7 @@ inline std::tuple<at::Tensor, at::Tensor, int64_t> as_row_matrices(const at::Ten
 inline void check_segmented_lora_args(const at::Tensor& y, const at::Tensor& x, at::TensorList shrink,
                                       at::TensorList expand, at::ArrayRef<double> scales, at::IntArrayRef segments,
                                       int64_t rows) {
-  TORCH_CHECK(y.dim() == 2 && x.dim() == 2 && y.size(0) == x.size(0),
-              "segmented_lora_: expected y [N, out] and x [N, in], got ", y.sizes(), " and ", x.sizes());
-  TORCH_CHECK(y.is_contiguous() && x.is_contiguous(), "segmented_lora_: y and x must be contiguous");
+  // y and x come from as_row_matrices: contiguous matrices with the same number of rows.
   TORCH_CHECK(y.scalar_type() == x.scalar_type() &&
                   (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf),
               "segmented_lora_: expected y and x of one dtype among float32, bfloat16, float16, got ",
@@ -55,8 +52,8 @@ inline void check_segmented_lora_args(const at::Tensor& y, const at::Tensor& x, 
   }
 }
 
-// The ATen path: two matmuls per segment. The CPU kernel takes it where BLAS wins (long segments, and float32
-// segments of 4 rows or more); the CUDA glue always takes it (cuBLAS) until a BGMV kernel lands.
+// The ATen path: two matmuls per segment. The CPU kernel takes it for float32 segments of 4 rows or more, where
+// BLAS wins; the CUDA glue always takes it (cuBLAS) until a BGMV kernel lands.
 inline void segmented_lora_aten(at::Tensor& y, const at::Tensor& x, at::TensorList shrink, at::TensorList expand,
                                 at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
   for (size_t i = 0; i < shrink.size(); ++i) {

@@ -1,9 +1,9 @@
 // CPU kernel for segmented_lora_ (math in csrc/kernels/segmented_lora.h). Decode segments are a few rows:
 // there these loops beat BLAS, whose call overhead dominates a [rows, 576] x [576, 8] product (measured on
-// SmolLM2-135M's projections: up to 3 rows; from 4, BLAS on the rows converted to float). The input rows
-// are converted to float once, the shrink runs four rank dot products at once in independent lanes, and the
-// float loops get AVX-512/AVX2 clones (vector_math.h). From 4 rows float32 takes ATen (addmm), 16-bit BLAS on float rows. Checked
-// against reference.segmented_lora in tests/test_segmented_lora.py.
+// SmolLM2-135M's projections, up to 3 rows). The input rows are converted to float once, the shrink runs four
+// rank dot products at once in independent lanes, and the float loops get AVX-512/AVX2 clones
+// (vector_math.h). From 4 rows, float32 takes ATen (addmm) and 16-bit inputs BLAS on their float rows.
+// Checked against reference.segmented_lora in tests/test_segmented_lora.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -64,6 +64,15 @@ void add_scaled(const float* acc, int64_t n, float scale, In* y) {
   }
 }
 
+// Rows [first, first + rows) of the 16-bit x [M, in] as float32 into xf.
+void rows_as_float(const at::Tensor& x, int64_t first, int64_t rows, float* xf) {
+  const int64_t in = x.size(1);
+  const ScalarKind kind = scalar_kind_of(x, 0);  // dtype already checked
+  for (int64_t r = 0; r < rows; ++r)
+    load_row_as_float(static_cast<const char*>(x.data_ptr()) + (first + r) * in * x.element_size(), kind,
+                      xf + r * in, in);
+}
+
 // 16-bit activations, segments of 4 rows or more (prefill included): the rows converted to float once, both
 // products through BLAS on those float rows, then one vectorised add back. ATen's own path converts x and y
 // per call and made a bf16 prefill of 16 x 51 rows take 1.4 s instead of 0.26 s.
@@ -71,14 +80,11 @@ template <typename In>
 void segmented_lora_blas16(at::Tensor& y, const at::Tensor& x, at::TensorList shrinks, at::TensorList expands,
                            at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
   const int64_t in = x.size(1), out = y.size(1);
-  const ScalarKind kind = scalar_kind_of(x, 0);
   In* ys = y.data_ptr<In>();
   std::vector<float> xf(rows * in);
   for (size_t i = 0; i < shrinks.size(); ++i) {
     const int64_t first = segments[i] * rows;
-    for (int64_t r = 0; r < rows; ++r)
-      load_row_as_float(static_cast<const char*>(x.data_ptr()) + (first + r) * in * x.element_size(), kind,
-                        xf.data() + r * in, in);
+    rows_as_float(x, first, rows, xf.data());
     const at::Tensor rows_f = at::from_blob(xf.data(), {rows, in}, x.options().dtype(at::kFloat));
     const at::Tensor delta = at::mm(at::mm(rows_f, shrinks[i].t()), expands[i]);
     const float* d = delta.data_ptr<float>();
@@ -93,7 +99,6 @@ template <typename In>
 void segmented_lora_loops(at::Tensor& y, const at::Tensor& x, at::TensorList shrinks, at::TensorList expands,
                           at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
   const int64_t in = x.size(1), out = y.size(1);
-  const ScalarKind kind = scalar_kind_of(x, 0);  // dtype already checked
   In* ys = y.data_ptr<In>();
   constexpr bool kFloatInput = std::is_same_v<In, float>;
   std::vector<float> xf(kFloatInput ? 0 : rows * in), t;
@@ -105,9 +110,7 @@ void segmented_lora_loops(at::Tensor& y, const at::Tensor& x, at::TensorList shr
     if constexpr (kFloatInput) {
       rows_f = x.data_ptr<float>() + first * in;
     } else {
-      for (int64_t r = 0; r < rows; ++r)
-        load_row_as_float(static_cast<const char*>(x.data_ptr()) + (first + r) * in * x.element_size(), kind,
-                          xf.data() + r * in, in);
+      rows_as_float(x, first, rows, xf.data());
       rows_f = xf.data();
     }
     t.assign(rows * rank, 0.0f);

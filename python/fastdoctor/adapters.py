@@ -18,10 +18,11 @@ import dataclasses
 import hashlib
 import json
 import pathlib
-import warnings
-
 import torch
 from torch import nn
+
+from .files import first_non_finite
+from .lora import peft_quiet
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -87,8 +88,7 @@ def is_lora_model(lm: nn.Module) -> bool:
 def save_adapter(lm: nn.Module, folder: pathlib.Path) -> None:
     """Writes peft's adapter files for the LoRA model `lm` (adapter weights only) and base.json, the record of
     the base weights it was trained on, into the existing `folder`."""
-    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with peft_quiet():
         lm.save_pretrained(str(folder), safe_serialization=True)
     (folder / "README.md").unlink(missing_ok=True)  # peft's empty model card, which cites a local base path
     record = {"fingerprint": base_fingerprint(lm), "model_type": lm.get_base_model().config.model_type}
@@ -97,8 +97,7 @@ def save_adapter(lm: nn.Module, folder: pathlib.Path) -> None:
 
 def merged_copy(lm: nn.Module) -> nn.Module:
     """A standalone HF model with the LoRA deltas merged in (a deep copy: `lm` and its base are left alone)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with peft_quiet():
         return copy.deepcopy(lm).merge_and_unload()
 
 
@@ -147,11 +146,10 @@ def load_adapter_lm(path, patient: nn.Module, *, expected_fingerprint: str | Non
             saved = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # safetensors raises its own types for a damaged file
         raise ValueError(f"{path / ADAPTER_WEIGHTS}: cannot read the adapter weights ({error})") from None
-    bad = next((k for k, v in saved.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    bad = first_non_finite(saved.items())
     if bad is not None:
         raise ValueError(f"{path / ADAPTER_WEIGHTS}: {bad} holds NaN or inf; refusing to steer with it")
-    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with peft_quiet():
         try:
             lm = PeftModel.from_pretrained(weight_sharing_copy(patient), str(path), is_trainable=False)
         except (ValueError, KeyError, RuntimeError, TypeError) as error:

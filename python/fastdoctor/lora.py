@@ -2,6 +2,7 @@
 TARo reward model all start this way (METHODS.md decision 8: fluent from the first step)."""
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 from torch import nn
@@ -9,6 +10,14 @@ from torch import nn
 # The attention and MLP projections of the model families fastdoctor supports (Llama/Qwen2, then GPT-2).
 LORA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                     "c_attn", "c_proj", "c_fc")
+
+
+@contextlib.contextmanager
+def peft_quiet():
+    """peft (0.21) calls a transformers API that transformers 5 marks deprecated; a user's run shows no warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _layer_count(lm: nn.Module) -> int | None:
@@ -37,6 +46,5 @@ def attach_lora(lm: nn.Module, *, rank: int = 8, alpha: int = 16, dropout: float
         extra["layers_to_transform"] = list(range(total - layers, total))
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=wanted,
                         task_type="CAUSAL_LM", fan_in_fan_out="c_attn" in wanted, **extra)
-    with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with peft_quiet():
         return get_peft_model(lm, config)

@@ -73,7 +73,6 @@ class SharedBase:
     order 1, 2, ...): `model` is an HF causal LM over (1 + K) * rows stacked rows."""
 
     def __init__(self, patient: nn.Module, deltas: list[dict[str, LoraDelta]]):
-        self.segments = 1 + len(deltas)
         self.layout = SegmentLayout()
         self.model = weight_sharing_copy(patient).eval()
         self.projections: list[StackedLoRA] = []

@@ -134,24 +134,25 @@ def load_doctor(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, 
             raise ValueError(f"{path}/doctor.json: '{key}' is missing or not an integer")
     if tokenizer is not None and meta.get("vocab") not in (None, vocab_fingerprint(tokenizer)):
         raise ValueError(f"{path}: the doctor was trained with another tokenizer than the one given")
-    if meta.get("kind", "model") == "adapter":
+    kind = meta.get("kind", "model")  # doctors saved before adapters existed have no kind: merged models
+    if kind not in ("adapter", "model"):
+        raise ValueError(f"{path}/doctor.json: 'kind' must be 'adapter' or 'model', got {kind!r}")
+    if kind == "adapter":
         if patient is None:
             raise ValueError(f"{path}: this doctor is a LoRA adapter of a patient; pass the patient it was trained "
                              "on (load_doctor(path, patient=patient))")
-        lm = adapters.load_adapter_lm(path, patient)
+        lm = adapters.load_adapter_lm(path, patient)  # checks the adapter's tensors; the base is the patient's
         device = next(patient.parameters()).device
     try:
-        if meta.get("kind", "model") != "adapter":
+        if kind == "model":
             check_safetensors_folder(path)
             lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True).to(device).eval()
         head = load_file(str(path / "value_head.safetensors"))
     except Exception as error:  # safetensors and transformers raise their own types for corrupt files
         raise ValueError(f"{path}: cannot load the doctor's weights ({error})") from None
-    bad = first_non_finite([*lm.state_dict().items(), *head.items()])
+    bad = first_non_finite([*(lm.state_dict().items() if kind == "model" else ()), *head.items()])
     if bad is not None:
         raise ValueError(f"{path}: the doctor's weight {bad} holds NaN or inf; refusing to steer with it")
-    if meta.get("kind", "model") not in ("adapter", "model"):
-        raise ValueError(f"{path}/doctor.json: 'kind' must be 'adapter' or 'model', got {meta.get('kind')!r}")
     if hidden_size(lm.config) != meta["hidden_size"]:
         raise ValueError(f"{path}: doctor.json says hidden size {meta['hidden_size']}, the LM has "
                          f"{hidden_size(lm.config)}")
