@@ -222,3 +222,18 @@ def test_threads_with_different_batch_sizes_share_the_stacked_copy(tmp_path):
     for t in threads:
         t.join()
     assert not errors and set(results) == {1, 3}
+
+
+def test_the_compiled_decode_step_runs_the_stacked_forward(tmp_path):
+    # compile=True traces the stacked copy, its StackedLoRA forwards and the segmented_lora_ op (through its
+    # fake kernel): the tokens equal the eager stacked path and the separate peft models.
+    patient = tiny_model("qwen2", seed=0)
+    shared, separate = shared_and_separate(patient, random_adapter(patient, tmp_path / "a", seed=1))
+    ids, mask = left_padded_prompts()
+    kwargs = dict(attention_mask=mask, betas=[0.7], max_new_tokens=8)
+    for sampling in (dict(temperature=0.0), dict(seed=[1, 2, 3])):
+        compiled = fastdoctor.generate(patient, ids, doctors=[shared], compile=True, **kwargs, **sampling)
+        again = fastdoctor.generate(patient, ids, doctors=[shared], compile=True, **kwargs, **sampling)
+        eager = fastdoctor.generate(patient, ids, doctors=[shared], **kwargs, **sampling)
+        reference = fastdoctor.generate(patient, ids, doctors=[separate], **kwargs, **sampling)
+        assert torch.equal(compiled, eager) and torch.equal(again, eager) and torch.equal(eager, reference)

@@ -97,14 +97,14 @@ def doctor_path(spec: str):
     """The folder of --doctor SPEC: a path, or bundled:<name> for a doctor that ships in the package."""
     import pathlib
 
+    from fastdoctor.datasets import bundled_doctor
+
     if not spec.startswith("bundled:"):
         return pathlib.Path(spec)
-    root = pathlib.Path(__file__).resolve().parent.parent / "datasets" / "doctors"
-    path = root / spec.removeprefix("bundled:")
-    if not (path / "doctor.json").is_file():
-        names = sorted(p.name for p in root.iterdir() if (p / "doctor.json").is_file()) if root.is_dir() else []
-        raise SystemExit(f"--doctor {spec}: no such bundled doctor (bundled: {', '.join(names) or 'none'})")
-    return path
+    try:
+        return bundled_doctor(spec.removeprefix("bundled:"))
+    except ValueError as error:
+        raise SystemExit(f"--doctor {spec}: {error}") from None
 
 
 def doctor_lm(spec: str, patient, tokenizer, *, dtype, device):

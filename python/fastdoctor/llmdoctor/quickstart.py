@@ -1,5 +1,7 @@
 """`fastdoctor quickstart`: LLMdoctor end to end on the embedded default patient, offline.
 
+  0. show steering at once: one held-out prompt answered by the patient alone and steered by the bundled,
+     already-trained positivity doctor (datasets/doctors/positivity), before anything is trained;
   1. load the bundled positivity preference pairs;
   2. acquire token-level rewards from the patient's positive and negative faces (stage 1);
   3. train a doctor with TFPO (stage 2): by default a LoRA copy of the patient (same-size setting), or a
@@ -80,6 +82,25 @@ def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: Quickstar
     return load_doctor(saved, tokenizer=tokenizer, patient=patient)
 
 
+def _show_bundled_doctor(patient, tokenizer, prompt: str, s: QuickstartSettings) -> dict:
+    """One reply from the patient alone and one steered by the bundled positivity doctor (seconds): what the
+    run below rebuilds from scratch."""
+    from ..datasets import bundled_doctor
+    from . import evaluate
+    from .doctor import load_doctor
+
+    doctor = load_doctor(bundled_doctor("positivity"), patient=patient, tokenizer=tokenizer)
+    sampling = dict(samples=1, seed=s.seed, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                    top_p=s.top_p)
+    alone = evaluate.sample_completions(patient, tokenizer, [prompt], **sampling)
+    steered = evaluate.sample_completions(patient, tokenizer, [prompt], doctors=[doctor.lm], alpha=s.alpha,
+                                          betas=[s.beta], **sampling)
+    example = {"prompt": prompt, "patient": alone.texts[0][0], "doctor": steered.texts[0][0]}
+    _say(f"0/5 the bundled positivity doctor (beta {s.beta}), before training our own:\n"
+         f"  prompt:  {example['prompt']}\n  patient: {example['patient']}\n  doctor:  {example['doctor']}")
+    return example
+
+
 def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.Path | None = None,
         threads: int | None = None) -> dict:
     from ..files import write_json
@@ -102,9 +123,10 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
     import transformers
 
     transformers.logging.disable_progress_bar()
-    _say("1/5 data: the bundled positivity preference set")
     train_pairs, test_pairs = bundled_preferences("train"), bundled_preferences("test")
     patient, tokenizer = load_model("default")
+    bundled_example = _show_bundled_doctor(patient, tokenizer, test_pairs[0].prompt, settings)
+    _say("1/5 data: the bundled positivity preference set")
     rewards_path = root / "rewards.safetensors"
     if rewards_path.exists():
         _say(f"2/5 rewards: cached at {rewards_path}")
@@ -128,7 +150,7 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
                                     baseline_scores=base_row["scores"])
     results = {"settings": dataclasses.asdict(settings), "rows": [base_row, doctor_row],
                "examples": [{"prompt": prompts[i], "patient": alone.texts[i][0], "doctor": steered.texts[i][0]}
-                            for i in range(2)],
+                            for i in range(2)], "bundled_example": bundled_example,
                "seconds": round(time.time() - started, 1), "torch": torch.__version__, "fastdoctor": VERSION}
     write_json(results_path, results)
     print(format_report(results))
@@ -145,6 +167,10 @@ def format_report(results: dict) -> str:
                      f"{row['tokens_per_s']:.1f} |")
     for example in results["examples"]:
         lines += ["", f"prompt:  {example['prompt']}", f"patient: {example['patient']}",
+                  f"doctor:  {example['doctor']}"]
+    if "bundled_example" in results:
+        example = results["bundled_example"]
+        lines += ["", "the bundled positivity doctor on the first prompt (same seed):",
                   f"doctor:  {example['doctor']}"]
     lines.append(f"\n(first run took {results['seconds']} s; settings {json.dumps(results['settings'])})")
     return "\n".join(lines)
