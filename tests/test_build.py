@@ -34,6 +34,19 @@ def test_env_command_reports_versions_and_kernels():
     assert "CPU kernels: loaded" in out.stdout
     assert "ops run on: " + ("cuda" if torch.cuda.is_available() and _C.build_info()["cuda_compiled"] else "cpu") \
         in out.stdout
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = "bfloat16" if fastdoctor.models.native_bf16(device) else "float32"
+    assert f"generate dtype: {chosen} (" in out.stdout
+
+
+def test_the_default_decode_dtype_follows_the_hardware():
+    from fastdoctor.models import decode_dtype, native_bf16
+
+    flags = pathlib.Path("/proc/cpuinfo").read_text().split() if pathlib.Path("/proc/cpuinfo").is_file() else None
+    if flags is not None:  # torch's probe and the kernel's CPU flags agree
+        assert native_bf16("cpu") == ("avx512_bf16" in flags or "amx_bf16" in flags)
+    assert decode_dtype("cpu") == (torch.bfloat16 if native_bf16("cpu") else torch.float32)
+    assert native_bf16("meta") is False
 
 
 def op_args(batch=3, vocab=50, device="cpu"):

@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+import fastdoctor
 from conftest import run_cli
 
 
@@ -13,7 +14,11 @@ def test_generate_streams_text_and_reports_tokens_per_second(model_folders):
                   "--doctor", str(model_folders["doctor"]), "--beta", "0.5", "--max-new-tokens", "6", "--device", "cpu")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip(), "nothing was streamed"
-    assert "new tokens in" in out.stderr and "tokens/s (2 model(s), cpu)" in out.stderr
+    expected = "bfloat16" if fastdoctor.models.native_bf16("cpu") else "float32"  # --dtype auto
+    assert "new tokens in" in out.stderr and f"tokens/s (2 model(s), cpu, {expected})" in out.stderr
+    forced = run_cli("generate", "--prompt", "Hello there", "--patient", str(model_folders["patient"]),
+                     "--max-new-tokens", "2", "--device", "cpu", "--dtype", "float32")
+    assert forced.returncode == 0 and "(1 model(s), cpu, float32)" in forced.stderr, forced.stderr
 
 
 def test_generate_rejects_a_doctor_with_another_tokenizer(model_folders):

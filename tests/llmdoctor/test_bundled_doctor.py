@@ -51,3 +51,13 @@ def test_the_cli_steers_with_it():
     assert "2 model(s)" in result.stderr
     missing = run_cli("generate", "--doctor", "bundled:nothing", "--prompt", "hi", "--max-new-tokens", "2")
     assert missing.returncode != 0 and "bundled: positivity" in missing.stderr
+
+
+def test_the_quickstart_shows_it_before_training(capsys):
+    from fastdoctor.llmdoctor import quickstart
+
+    patient, tokenizer = fastdoctor.load_model("default")
+    settings = quickstart.QuickstartSettings(max_new_tokens=8, temperature=0.0)  # greedy: the replies must differ
+    example = quickstart._show_bundled_doctor(patient, tokenizer, "My train was late again today.", settings)
+    assert example["patient"] and example["doctor"] and example["patient"] != example["doctor"]
+    assert "0/5 the bundled positivity doctor" in capsys.readouterr().err

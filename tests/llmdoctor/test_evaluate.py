@@ -89,7 +89,7 @@ def test_patient_samples_for_distillation(tiny_patient):
 
 def test_quickstart_prints_cached_results_without_recomputing(tmp_path, capsys):
     settings = quickstart.QuickstartSettings()
-    root = tmp_path / "quickstart" / settings.digest()
+    root = tmp_path / "quickstart" / settings.resolved().digest()  # the cache key names the dtype "auto" chose
     root.mkdir(parents=True)
     row = {"method": "patient alone", "reward": 0.25, "reward_se": 0.05, "distinct_2": 0.5, "distinct_3": 0.7,
            "perplexity": 3.0, "tokens_per_s": 10.0}
@@ -100,3 +100,5 @@ def test_quickstart_prints_cached_results_without_recomputing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| doctor | 0.250 ± 0.050 | 0.60 |" in out and "prompt:  p" in out
     assert settings.digest() != quickstart.QuickstartSettings(beta=2.0).digest()
+    assert settings.resolved().dtype in ("float32", "bfloat16")
+    assert quickstart.QuickstartSettings(dtype="float32").digest() != quickstart.QuickstartSettings(dtype="bfloat16").digest()

@@ -93,7 +93,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from fastdoctor.models import cache_dir
 
     settings = quickstart.QuickstartSettings(doctor=args.doctor, steps=args.steps, beta=args.beta,
-                                             samples=args.samples)
+                                             samples=args.samples, dtype=args.dtype).resolved()
     if args.fresh:
         shutil.rmtree(cache_dir() / "quickstart" / settings.digest(), ignore_errors=True)
     quickstart.run(settings, threads=args.threads)
@@ -185,6 +185,8 @@ def add_commands(sub) -> None:
     qs.add_argument("--steps", type=int, default=48, help="TFPO steps")
     qs.add_argument("--beta", type=float, default=1.0, help="the doctor's weight when decoding")
     qs.add_argument("--samples", type=int, default=2, help="samples per held-out prompt")
+    qs.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="of the sampling stage (auto: bfloat16 where the CPU/GPU has native bf16, else float32)")
     qs.add_argument("--threads", type=int, default=None)
     qs.add_argument("--fresh", action="store_true", help="recompute instead of using the cache")
     qs.set_defaults(func=_cmd_quickstart)

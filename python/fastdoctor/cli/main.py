@@ -43,9 +43,28 @@ def environment_report() -> dict[str, str]:
             f" (compiled for sm_{info['cuda_archs']})" if info["cuda_compiled"] else " (built without CUDA)"),
         "CUDA device": torch.cuda.get_device_name(0) if cuda_available else "none",
         "ops run on": "cuda" if (cuda_available and cuda_kernels) else "cpu",
-        # bf16 measured 1.9x faster on a CPU with AMX but is not the default yet (README, Results).
-        "generate dtype": "float32 (default; --dtype bfloat16 to choose)",
+        "generate dtype": _dtype_line("cuda" if cuda_available else "cpu"),  # generate's default device
     }
+
+
+def _dtype_line(device: str) -> str:
+    import torch
+
+    from fastdoctor.models import decode_dtype
+
+    if decode_dtype(device) == torch.bfloat16:
+        where = "GPU" if device == "cuda" else "CPU (AVX512-BF16 / AMX)"
+        return f"bfloat16 (native bf16 on this {where}; --dtype float32 to choose)"
+    return f"float32 (no native bf16 on this {device}; --dtype bfloat16 to choose)"
+
+
+def resolve_dtype(name: str, device):
+    """--dtype NAME as a torch dtype; 'auto' is models.decode_dtype(device)."""
+    import torch
+
+    from fastdoctor.models import decode_dtype
+
+    return decode_dtype(device) if name == "auto" else getattr(torch, name)
 
 
 def _cmd_env(_args: argparse.Namespace) -> int:
@@ -65,7 +84,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     transformers.logging.disable_progress_bar()  # the weight-loading bars would drown the streamed text
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype)
+    dtype = resolve_dtype(args.dtype, device)
     patient, tokenizer = fastdoctor.load_model(args.patient, dtype=dtype, device=device)
     doctors = [doctor_lm(spec, patient, tokenizer, dtype=dtype, device=device) for spec in args.doctor]
     betas = args.beta or [1.0] * len(doctors)
@@ -89,7 +108,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     new_tokens = output.shape[1] - input_ids.shape[1]
     print(f"[fastdoctor] {new_tokens} new tokens in {elapsed:.2f} s: {new_tokens / elapsed:.1f} tokens/s "
-          f"({1 + len(doctors)} model(s), {device})", file=sys.stderr)
+          f"({1 + len(doctors)} model(s), {device}, {str(dtype).removeprefix('torch.')})", file=sys.stderr)
     return 0
 
 
@@ -152,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
     gen.add_argument("--top-p", type=float, default=0.9, help="1 = off")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                     help="auto: bfloat16 where the device has native bf16, else float32 (see `fastdoctor env`)")
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     gen.set_defaults(func=_cmd_generate)
     llmdoctor.add_commands(sub)

@@ -6,7 +6,8 @@
   2. acquire token-level rewards from the patient's positive and negative faces (stage 1);
   3. train a doctor with TFPO (stage 2): by default a LoRA copy of the patient (same-size setting), or a
      small distilled doctor (--doctor small);
-  4. sample completions for the held-out prompts with and without the doctor (stage 3);
+  4. sample completions for the held-out prompts with and without the doctor (stage 3), in bfloat16 where the
+     CPU or GPU has native bf16 (models.decode_dtype; training and the perplexity judge stay float32);
   5. print a side-by-side table (VADER reward, win rate, distinct-2/3, tokens/s) and example completions.
 
 Every artefact is cached under $FASTDOCTOR_CACHE/quickstart/<settings digest>/, and each stage resumes from
@@ -43,6 +44,16 @@ class QuickstartSettings:
     temperature: float = 1.0
     seed: int = 0
     faces: str = "positivity"
+    dtype: str = "auto"  # of the sampling stage: "auto" (models.decode_dtype), "float32" or "bfloat16"
+
+    def resolved(self) -> "QuickstartSettings":
+        """These settings with dtype "auto" replaced by what it means on this machine (the cache key must
+        say which dtype the results were sampled in)."""
+        if self.dtype != "auto":
+            return self
+        from ..models import decode_dtype
+
+        return dataclasses.replace(self, dtype=str(decode_dtype("cpu")).removeprefix("torch."))
 
     def digest(self) -> str:
         blob = json.dumps({"settings": dataclasses.asdict(self), "version": VERSION}, sort_keys=True)
@@ -89,7 +100,7 @@ def _show_bundled_doctor(patient, tokenizer, prompt: str, s: QuickstartSettings)
     from . import evaluate
     from .doctor import load_doctor
 
-    doctor = load_doctor(bundled_doctor("positivity"), patient=patient, tokenizer=tokenizer)
+    doctor = load_doctor(bundled_doctor("positivity"), patient=patient, tokenizer=tokenizer)  # already in its dtype
     sampling = dict(samples=1, seed=s.seed, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                     top_p=s.top_p)
     alone = evaluate.sample_completions(patient, tokenizer, [prompt], **sampling)
@@ -107,12 +118,14 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
     from ..models import load_model
     from . import evaluate
     from .data import bundled_preferences
+    from .doctor import load_doctor
     from .recipes import scored_examples
     from .rewards import FACES, RewardSettings, acquire_rewards
 
     started = time.time()
     if threads:
         torch.set_num_threads(threads)
+    settings = settings.resolved()
     root = (cache or cache_dir()) / "quickstart" / settings.digest()
     results_path = root / "results.json"
     if results_path.exists():
@@ -124,8 +137,9 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
 
     transformers.logging.disable_progress_bar()
     train_pairs, test_pairs = bundled_preferences("train"), bundled_preferences("test")
-    patient, tokenizer = load_model("default")
-    bundled_example = _show_bundled_doctor(patient, tokenizer, test_pairs[0].prompt, settings)
+    patient, tokenizer = load_model("default")  # float32: rewards, training and the perplexity judge
+    sampler = patient if settings.dtype == "float32" else load_model("default", dtype=getattr(torch, settings.dtype))[0]
+    bundled_example = _show_bundled_doctor(sampler, tokenizer, test_pairs[0].prompt, settings)
     _say("1/5 data: the bundled positivity preference set")
     rewards_path = root / "rewards.safetensors"
     if rewards_path.exists():
@@ -139,10 +153,13 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
     prompts = [p.prompt for p in test_pairs]
     sampling = dict(samples=settings.samples, seed=settings.seed, max_new_tokens=settings.max_new_tokens,
                     temperature=settings.temperature, top_p=settings.top_p)
-    _say(f"4/5 generate: {len(prompts)} held-out prompts x {settings.samples} samples, patient alone")
-    alone = evaluate.sample_completions(patient, tokenizer, prompts, **sampling)
+    # The doctor over the sampling patient (an adapter re-attaches to its weights, a separate model converts).
+    sampler_doctor = load_doctor(root / "tfpo" / "doctor", dtype=getattr(torch, settings.dtype), tokenizer=tokenizer,
+                                 patient=sampler).lm
+    _say(f"4/5 generate ({settings.dtype}): {len(prompts)} held-out prompts x {settings.samples} samples, patient alone")
+    alone = evaluate.sample_completions(sampler, tokenizer, prompts, **sampling)
     _say(f"4/5 generate: the same with the doctor (alpha {settings.alpha}, beta {settings.beta})")
-    steered = evaluate.sample_completions(patient, tokenizer, prompts, doctors=[doctor.lm], alpha=settings.alpha,
+    steered = evaluate.sample_completions(sampler, tokenizer, prompts, doctors=[sampler_doctor], alpha=settings.alpha,
                                           betas=[settings.beta], **sampling)
     _say("5/5 score: VADER, distinct-n, the patient's perplexity")
     base_row = evaluate.summarise("patient alone", alone, patient)
