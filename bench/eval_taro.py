@@ -5,18 +5,27 @@
   taro router      z = (1 - a_t) z_base + a_t z_rm, a_t from the learned router (the fused gating op)
   rm alone         the reward model alone
 
-Three measurements:
+Measurements:
   solutions        full solutions of a fixed subset (the first --per-level problems of each level of
                    reasoning_problems_test.jsonl), final answer checked by the verifier; accuracy ± s.e.
+  paired tests     McNemar's exact test of the router against the base and against the best fixed alpha (picked
+                   on the same problems, which favours it), per level and over all, on those same problems
   next step        the held-out step pairs' contexts (chat prompt + the correct earlier steps), one per distinct
                    context: is the first equation of the greedy continuation exact and equal to the chosen
-                   step's result? (the local task the reward model was trained on)
+                   step's result? (the local task the reward model was trained on); on one-step levels also
+                   scored on every evaluated problem's solution, whose context is the bare prompt
   teacher-forced   on the gold solutions of the same subset: per-token NLL and greedy top-1 accuracy (overall and
                    on digit tokens) under the router and fixed convex mixes (from the frozen models' cached logits)
+  out of domain    --ood-prompts positivity prompts (not math): sampled replies of base, GenARM and the router,
+                   with the RM's weight per token, the patient's perplexity, VADER and distinct-2
 
     fastdoctor taro train-rm --out RM ...; fastdoctor taro train-router --rm RM --out ROUTER ...
     python bench/eval_taro.py --rm RM --router ROUTER [--per-level 20] [--reuse-solutions]
                               [--levels 0 --per-level 60 --name taro_eval_level0] [--device cpu|cuda] [--out DIR]
+    python bench/eval_taro.py --train DIR --levels 5 6 --per-level 200 --name taro_eval_inband
+                              # the in-band evaluation, end to end: --train trains the reward model and the
+                              # router into DIR/rm and DIR/router by TRAIN_RM / TRAIN_ROUTER first (reused when
+                              # they are there) and evaluates them
     python bench/eval_taro.py --quick   # a smoke run: without --rm/--router, an untrained copy of the patient
                                         # as the RM and a fresh, untrained taro.Router
 
@@ -37,11 +46,36 @@ import torch
 import fastdoctor
 from fastdoctor import taro
 from fastdoctor.taro.reasoning import load_problems, load_step_pairs
-from fastdoctor.taro.evaluate import (MAX_NEW_TOKENS, eval_subset, evaluate, evaluate_next_steps, markdown_table,
-                                      plot_alpha_traces)
+from fastdoctor.llmdoctor.data import bundled_preferences
+from fastdoctor.taro.evaluate import (MAX_NEW_TOKENS, best_fixed, eval_subset, evaluate, evaluate_next_steps,
+                                      evaluate_out_of_domain, first_step_scores, markdown_table, paired_comparisons,
+                                      plot_alpha_in_and_out_of_domain, plot_alpha_traces)
 from common import add_options, display_path, dtype_name, result_stem, run_meta, start, write_results
 
 QUICK_TOKENS, QUICK_PAIRS = 8, 3  # a --quick run: new tokens per continuation, held-out step pairs
+# The recorded recipes of --train (the bundled train split, every level; fp32 base, bf16 autocast for the RM).
+TRAIN_RM = ["--beta-r", "0.5", "--lora-layers", "10", "--steps", "60", "--batch-size", "8", "--lr", "1e-3",
+            "--warmup-steps", "3", "--log-every", "5", "--checkpoint-every", "15", "--autocast", "bf16"]
+TRAIN_ROUTER = ["--steps", "300", "--batch-size", "8", "--lr", "2e-3", "--warmup-steps", "10", "--log-every", "25",
+                "--checkpoint-every", "50"]
+
+
+def train_models(folder: pathlib.Path, threads: int) -> tuple[str, str]:
+    """DIR/rm and DIR/router, trained by the recorded recipes unless a finished one is already there (each
+    command also resumes an interrupted run of itself)."""
+    import subprocess
+    import sys
+
+    rm, router = folder / "rm", folder / "router"
+    common = ["--threads", str(threads)]
+    for out, command in ((rm, ["train-rm", "--out", str(rm), *TRAIN_RM]),
+                         (router, ["train-router", "--rm", str(rm), "--out", str(router), *TRAIN_ROUTER])):
+        if (out / ("taro_rm.json" if out == rm else "router.json")).exists():
+            print(f"[taro-eval] reusing {display_path(out)}", flush=True)
+            continue
+        print("[taro-eval] fastdoctor taro " + " ".join(command + common), flush=True)
+        subprocess.run([sys.executable, "-m", "fastdoctor.cli", "taro", *command, *common], check=True)
+    return str(rm), str(router)
 
 
 def teacher_forced_table(tf: dict) -> str:
@@ -50,6 +84,21 @@ def teacher_forced_table(tf: dict) -> str:
     for name in tf["nll"]:
         lines.append(f"| {name} | {tf['nll'][name]['all']:.4f} | {tf['top1'][name]['all']:.4f} | "
                      f"{digits_nll.get(name, float('nan')):.4f} | {digits_top1.get(name, float('nan')):.4f} |")
+    return "\n".join(lines)
+
+
+def paired_table(rows: list[dict]) -> str:
+    lines = ["| router vs | level | problems | router only | other only | p (McNemar, exact) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['against']} | {r['level']} | {r['n']} | {r['router_only']} | {r['other_only']} | {r['p']:.4f} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def ood_table(result: dict) -> str:
+    lines = ["| variant | RM weight per token (mean) | VADER ± s.e. | patient perplexity | distinct-2 | tokens/s |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['variant']} | {r['rm_weight']:.3f} | {r['vader']:.3f} ± {r['vader_se']:.3f} | "
+              f"{r['perplexity']:.2f} | {r['distinct_2']:.3f} | {r['tokens_per_s']:.1f} |" for r in result["variants"]]
     return "\n".join(lines)
 
 
@@ -84,6 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rm", default=None)
     parser.add_argument("--router", default=None)
+    parser.add_argument("--train", default=None, type=pathlib.Path, metavar="DIR",
+                        help="train the RM and router into DIR first (TRAIN_RM, TRAIN_ROUTER; reused when present)")
     parser.add_argument("--rm-summary", nargs="*", default=None, metavar="RM",
                         help="only write taro_rm_<hardware>.{json,md}: the patient's and these RMs' held-out pair "
                              "accuracy")
@@ -97,6 +148,8 @@ def main() -> None:
     parser.add_argument("--reuse-solutions", action="store_true",
                         help="keep the full-solution results of an earlier run (same RM, router and subset)")
     parser.add_argument("--name", default="taro_eval")
+    parser.add_argument("--ood-prompts", type=int, default=45,
+                        help="held-out positivity prompts for the out-of-domain run (0: skip it)")
     add_options(parser, quick=f"2 level-0 problems, {QUICK_PAIRS} step pairs, {QUICK_TOKENS} new tokens, "
                               "one GenARM alpha; without --rm/--router an untrained RM and router (a smoke run)",
                 dtype="base and reward model weights (default: float32 everywhere: accuracy results are fp32)",
@@ -106,6 +159,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype or "float32")
     if args.rm_summary is not None:
         return rm_summary(args, dtype)
+    if args.train:
+        args.rm, args.router = train_models(args.train, args.threads or 2)
     if not (args.rm and args.router) and not args.quick:
         parser.error("--rm and --router are required (or --rm-summary, or --quick for a smoke run)")
     if args.quick:
@@ -119,7 +174,7 @@ def main() -> None:
     vocab = patient.get_output_embeddings().weight.shape[0]
     smoke = not (args.rm and args.router)
     if args.rm:
-        rm = taro.load_reward_model(args.rm, tokenizer=tokenizer, dtype=dtype, device=args.device)[0]
+        rm = taro.load_reward_model(args.rm, tokenizer=tokenizer, dtype=dtype, device=args.device, patient=patient)[0]
         rm_info = json.loads((pathlib.Path(args.rm) / "taro_rm.json").read_text())["info"]
     else:
         rm, rm_info = copy.deepcopy(patient), {}
@@ -144,6 +199,12 @@ def main() -> None:
     else:
         solutions = evaluate(patient, tokenizer, rm=rm, router=router, problems=held_out, per_level=args.per_level,
                              genarm_alphas=genarm_alphas, batch_size=args.batch_size, max_new_tokens=limits)
+    versus = ["base", best_fixed(solutions["variants"])] if rm is not None else []
+    paired = paired_comparisons(solutions["variants"], against=versus)
+    one_step = [p for p in subset if len(p.steps) == 1]
+    first_steps = first_step_scores(solutions, subset) if len(one_step) == len(subset) else None
+    if first_steps:
+        paired_first = paired_comparisons(first_steps["variants"], against=versus)
     step_pairs = [p for p in load_step_pairs("test") if args.levels is None or p.level in args.levels]
     next_steps = evaluate_next_steps(patient, tokenizer, rm=rm, router=router,
                                      pairs=step_pairs[:QUICK_PAIRS] if args.quick else step_pairs,
@@ -162,11 +223,23 @@ def main() -> None:
                                                digit_ids=taro.digit_token_ids(tokenizer))
     if scratch:
         scratch.cleanup()
+    out_of_domain = None
+    if args.ood_prompts:
+        prompts = [p.prompt for p in bundled_preferences("test")][: 2 if args.quick else args.ood_prompts]
+        out_of_domain = evaluate_out_of_domain(patient, tokenizer, rm=rm, router=router, prompts=prompts,
+                                               genarm_alphas=genarm_alphas, samples=1 if args.quick else 2,
+                                               max_new_tokens=QUICK_TOKENS if args.quick else 48)
 
     plot_name = "taro_alpha_trace" if args.name == "taro_eval" else f"{args.name}_alpha_trace"
     plot_path = result_stem(args.out, plot_name, args.device).with_suffix(".png")
     plot_path.parent.mkdir(parents=True, exist_ok=True)
-    plot_alpha_traces(next(v["records"] for v in solutions["variants"] if v["kind"] == "router"), tokenizer, plot_path)
+    router_records = next(v["records"] for v in solutions["variants"] if v["kind"] == "router")
+    plot_alpha_traces(router_records, tokenizer, plot_path)
+    side_by_side = None
+    if out_of_domain and out_of_domain["router_trace"]:
+        side_by_side = result_stem(args.out, f"{args.name}_alpha_in_and_out", args.device).with_suffix(".png")
+        shown = sorted(router_records, key=lambda r: not r["correct"])[0]  # a correct one where there is one
+        plot_alpha_in_and_out_of_domain(shown, out_of_domain["router_trace"], tokenizer, side_by_side)
     info = router_meta["info"]
     meta = run_meta(args.device, patient=f"SmolLM2-135M-Instruct ({dtype_name(dtype)})", smoke_run=smoke,
                     quick=args.quick,
@@ -177,7 +250,9 @@ def main() -> None:
                                                                                  "vocab_size")},
                             **{k: info.get(k) for k in ("entropy_weight", "config", "train_problems", "train_tokens",
                                                         "final_train")}},
-                    **solutions, next_step=next_steps, teacher_forced=teacher_forced)
+                    **solutions, next_step=next_steps, teacher_forced=teacher_forced, paired_tests=paired,
+                    first_step=first_steps, paired_tests_first_step=paired_first if first_steps else None,
+                    out_of_domain=out_of_domain)
     # The summary table: one row per variant; the per-level tables follow as sections.
     next_by_name = {v["name"]: v for v in next_steps["variants"]}
     rows = [{"variant": v["name"], "solutions": v["accuracy"]["all"]["accuracy"],
@@ -213,6 +288,21 @@ def main() -> None:
         f"{teacher_forced.get('digit_tokens', 0)} digit tokens); fixed a = convex weight of the RM",
         teacher_forced_table(teacher_forced),
         f"Router mean alpha (teacher-forced): {teacher_forced['router_alpha_mean']}.", rm_line, router_line]
+    if paired:
+        sections[2:2] = ["## Paired: McNemar's exact test of the router against the base and the best fixed alpha "
+                         "(same problems; router-only / other-only = problems only that one solves)",
+                         paired_table(paired)]
+    if first_steps:
+        sections += [f"## Next step on every evaluated problem (one-step levels: the first equation of the "
+                     f"solution above, {first_steps['contexts']} problems)", markdown_table(first_steps),
+                     paired_table(paired_first)]
+    if out_of_domain:
+        sections += [f"## Out of domain: {out_of_domain['prompts']} held-out positivity prompts x "
+                     f"{out_of_domain['samples']} samples (top-p {out_of_domain['top_p']}, temperature 1, "
+                     f"{out_of_domain['max_new_tokens']} new tokens, the same seeds for every variant)",
+                     ood_table(out_of_domain)]
+        if side_by_side:
+            sections.append(f"Alpha per token in band and out of domain: {side_by_side.name}.")
     title = "TARo evaluation" + (" (smoke run: untrained RM and router)" if smoke else "")
     _, md_path = write_results(
         args.name, args.device, meta, rows, columns, out=args.out, title=title, sections=sections,

@@ -38,7 +38,7 @@ def test_generator_leaves_the_global_rng_alone():
 
 @pytest.mark.parametrize("level", reasoning.LEVELS)
 def test_solutions_are_arithmetically_right_and_end_with_the_answer(level):
-    steps_per_level = {0: {1}, 1: {1}, 2: {2}, 3: {3, 4}, 4: {5, 6}}
+    steps_per_level = {0: {1}, 1: {1}, 2: {2}, 3: {3, 4}, 4: {5, 6}, 5: {1}, 6: {1}}
     for problem in generator.generate_problems(40, level, seed=11):
         assert problem.level == level and len(problem.steps) in steps_per_level[level]
         assert problem.question.endswith("?")
@@ -54,19 +54,23 @@ def test_solutions_are_arithmetically_right_and_end_with_the_answer(level):
 def test_levels_grow_in_size():
     biggest = {level: max(max(int(right) for step in p.steps for _, right in reasoning.find_equations(step))
                           for p in generator.generate_problems(60, level, seed=5)) for level in reasoning.LEVELS}
-    assert biggest[1] <= 18 < biggest[3] < biggest[4] and biggest[0] <= 38
+    assert biggest[1] <= 18 < biggest[3] < biggest[4] and biggest[0] <= 38 and biggest[5] <= 38
+    assert biggest[6] <= 58
     with pytest.raises(ValueError, match="level"):
-        generator.generate_problem(random.Random(0), 5)
+        generator.generate_problem(random.Random(0), 7)
     with pytest.raises(ValueError, match="level"):
         generator.generate_problem(random.Random(0), -1)
 
 
-def test_level_zero_is_bare_arithmetic():
-    for problem in generator.generate_problems(30, 0, seed=2):
+@pytest.mark.parametrize("level", [0, 5, 6])
+def test_levels_zero_five_and_six_are_bare_arithmetic(level):
+    for problem in generator.generate_problems(30, level, seed=2):
         assert problem.question.startswith("What is ") and problem.question.endswith("?")
         (left, right), = reasoning.find_equations(problem.steps[0])
         assert problem.question == f"What is {left}?" and int(right) == problem.answer
         assert problem.steps[0] == f"{left} = {right}." and problem.topic == "arithmetic"
+        first, second = (int(n) for n in left.replace("+", "-").split(" - "))
+        assert 2 <= first <= 29 and (10 <= second <= 29 if level == 6 else 2 <= second <= 9)
 
 
 @pytest.mark.parametrize("level", reasoning.LEVELS)
@@ -190,30 +194,71 @@ def test_bundled_files_equal_a_regeneration_with_the_recorded_seed():
         assert len(parts[name]) == META["counts"][name]
 
 
+def test_the_older_levels_are_byte_identical_to_generator_version_2():
+    version_2 = {"problems_test": "638e89d7cd8d498d0487c6e9bf5b92030071235ebfc88533ecf7eb98070b89a4",
+                 "steps_test": "2532e7607840af9bf1feb45ad75b878d0995c7b0ec8d5ecbd11cc299daa50711",
+                 "steps_train": "6a76c023730c38839347268383f1b1270af016ec635c4e9a22f740b677f8ab83",
+                 "problems_train": "016d486b06398221a4e574976cbdf2f8c47fa20912103f478a747118451d0459"}
+    parts = make_reasoning.build(META["seed"])
+    for name, digest in version_2.items():
+        older = [r for r in parts[name] if r["level"] not in reasoning.IN_BAND_LEVELS]
+        assert hashlib.sha256(make_reasoning.serialise(older).encode()).hexdigest() == digest, name
+
+
+def test_a_worked_example_is_an_earlier_chat_turn():
+    from transformers import AutoTokenizer
+
+    from fastdoctor.models import default_patient_path
+
+    tokenizer = AutoTokenizer.from_pretrained(default_patient_path(), local_files_only=True)
+    problem = next(p for p in reasoning.load_problems("test") if p.example)
+    text = reasoning.chat_prompt(tokenizer, problem.question, problem.example)
+    plain = reasoning.chat_prompt(tokenizer, problem.question)
+    assert text.endswith(plain.split(reasoning.format_prompt(problem.question))[-1])  # the assistant turn is open
+    order = [text.index(reasoning.format_prompt(problem.example.question)), text.index(problem.example.solution),
+             text.index(reasoning.format_prompt(problem.question))]
+    assert order == sorted(order) and text.count("assistant") == plain.count("assistant") + 1
+
+
 def test_bundled_sizes_and_levels():
     test_problems, train_problems = reasoning.load_problems("test"), reasoning.load_problems("train")
     train_pairs, test_pairs = reasoning.load_step_pairs("train"), reasoning.load_step_pairs("test")
-    assert (len(test_problems), len(train_problems), len(train_pairs), len(test_pairs)) == (300, 500, 750, 150)
+    assert (len(test_problems), len(train_problems), len(train_pairs), len(test_pairs)) == (700, 700, 1050, 210)
     for level in reasoning.LEVELS:
-        assert sum(p.level == level for p in test_problems) == 60
+        in_band = level in reasoning.IN_BAND_LEVELS
+        assert sum(p.level == level for p in test_problems) == (200 if in_band else 60)
         assert sum(p.level == level for p in train_pairs) == 150
-    assert set(META["probe"]["accuracy"]) == {"0", "1", "2", "3", "4"}
+        assert sum(p.level == level for p in train_problems) == 100
+        for record in [*test_problems, *train_problems, *train_pairs, *test_pairs]:
+            if record.level == level:  # the in-band levels carry their worked example, the others none
+                assert (record.example is not None) is in_band
+    probe = META["probe"]
+    assert set(probe["accuracy"]) == {str(level) for level in reasoning.LEVELS} and probe["problems_per_level"] >= 100
+    for level in reasoning.IN_BAND_LEVELS:  # the recorded measurement puts them in the band they are named for
+        assert 0.25 <= probe["accuracy"][str(level)] <= 0.75
     total = sum((reasoning.DATASETS / f"reasoning_{name}.jsonl").stat().st_size for name in make_reasoning.FILES)
-    assert total < 1_000_000
+    assert total < 1_500_000  # 1.2 MB: the in-band levels repeat their worked example in every record
     for pair in train_pairs:
         assert reasoning.check_step(pair.chosen, require_equation=True)
         assert reasoning.check_step(pair.rejected) is (pair.error_type not in reasoning.ARITHMETIC_ERROR_TYPES)
 
 
 def test_held_out_questions_are_not_in_train():
-    test = reasoning.load_problems("test")
-    train_questions = {p.question for p in reasoning.load_problems("train")}
-    train_questions |= {p.prompt for p in reasoning.load_step_pairs("train")}
+    test, train = reasoning.load_problems("test"), reasoning.load_problems("train")
+    train_questions = {p.question for p in train} | {p.prompt for p in reasoning.load_step_pairs("train")}
     test_questions = {p.question for p in test}
-    assert len(test_questions) == len(test) and not test_questions & train_questions
+    assert not test_questions & train_questions
+    for level in reasoning.LEVELS:  # no question twice within a level (an in-band level may repeat an older
+        for split in (test, train):  # level's question on the same side: its prompt carries the example)
+            questions = [p.question for p in split if p.level == level]
+            assert len(set(questions)) == len(questions), level
+    older = [p.question for p in test if p.level not in reasoning.IN_BAND_LEVELS]
+    assert len(set(older)) == len(older)
     skeleton = generator.question_skeleton
     assert not {skeleton(q) for q in test_questions} & {skeleton(q) for q in train_questions}
     assert {p.prompt for p in reasoning.load_step_pairs("test")} <= test_questions
+    examples = {p.example.question for p in [*test, *train] if p.example}
+    assert examples and not examples & (test_questions | train_questions)  # no problem is a worked example
     assert skeleton("Sam has 3 apples. He eats 2.") == skeleton("Mia has 3 apples. She eats 2.")
 
 
@@ -232,6 +277,12 @@ def test_loaders_name_the_malformed_line(tmp_path):
         reasoning.load_problems(path=path)
     path.write_text(json.dumps({**good_problem, "steps": []}) + "\n")
     with pytest.raises(ValueError, match=r":1: field 'steps'"):
+        reasoning.load_problems(path=path)
+    path.write_text(json.dumps({**good_problem, "example": "2 + 2 = 4"}) + "\n")
+    with pytest.raises(ValueError, match=r":1: field 'example'"):
+        reasoning.load_problems(path=path)
+    path.write_text(json.dumps({**good_problem, "example": {"question": "What is 2 + 2?"}}) + "\n")
+    with pytest.raises(ValueError, match=r":1: field 'solution'"):
         reasoning.load_problems(path=path)
     path.write_text(json.dumps({**good_problem, "level": 9}) + "\n")
     with pytest.raises(ValueError, match=r":1: field 'level'"):

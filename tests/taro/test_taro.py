@@ -284,6 +284,70 @@ def test_next_step_criterion():
     assert not next_step_correct("He has twelve apples.", chosen)
 
 
+def test_mcnemar_equals_the_exact_binomial_test():
+    from scipy.stats import binomtest
+
+    from fastdoctor.taro.evaluate import mcnemar
+
+    g = torch.Generator().manual_seed(0)
+    for n, p_first, p_second in [(200, 0.5, 0.6), (60, 0.3, 0.3), (40, 0.1, 0.9), (7, 0.5, 0.5)]:
+        first = (torch.rand(n, generator=g) < p_first).tolist()
+        second = (torch.rand(n, generator=g) < p_second).tolist()
+        got = mcnemar(first, second)
+        assert got["first_only"] == sum(a and not b for a, b in zip(first, second))
+        assert got["second_only"] == sum(b and not a for a, b in zip(first, second))
+        discordant = got["first_only"] + got["second_only"]
+        expected = binomtest(got["first_only"], discordant, 0.5).pvalue if discordant else 1.0
+        assert got["p"] == pytest.approx(expected, abs=1e-4)
+    assert mcnemar([True] * 6, [False] * 6)["p"] == pytest.approx(0.0312, abs=1e-4)
+    with pytest.raises(ValueError, match="same problems"):
+        mcnemar([True], [True, False])
+
+
+def test_paired_comparisons_pair_the_same_problems():
+    from fastdoctor.taro.evaluate import best_fixed, first_step_scores, paired_comparisons
+
+    def variant(name, kind, correct, accuracy):
+        records = [{"id": f"p{i}", "level": 5 + i % 2, "correct": c, "text": f"{i} + 1 = {i + 1 if c else i}."}
+                   for i, c in enumerate(correct)]
+        return {"name": name, "kind": kind, "records": records, "accuracy": {"all": {"accuracy": accuracy}}}
+
+    variants = [variant("base", "base", [False, False, True, False], 0.25),
+                variant("genarm a'=0.5", "genarm", [True, False, True, False], 0.5),
+                variant("genarm a'=1", "genarm", [False, False, False, False], 0.0),
+                variant("taro router", "router", [True, True, True, False], 0.75)]
+    assert best_fixed(variants) == "genarm a'=0.5"
+    rows = paired_comparisons(variants, against=["base", "genarm a'=0.5"])
+    overall = {r["against"]: r for r in rows if r["level"] == "all"}
+    assert (overall["base"]["router_only"], overall["base"]["other_only"], overall["base"]["n"]) == (2, 0, 4)
+    assert (overall["genarm a'=0.5"]["router_only"], overall["genarm a'=0.5"]["other_only"]) == (1, 0)
+    assert {r["level"] for r in rows} == {"5", "6", "all"}
+    shuffled = [dict(v, records=v["records"][::-1]) if v["name"] == "base" else v for v in variants]
+    with pytest.raises(ValueError, match="other problems"):
+        paired_comparisons(shuffled, against=["base"])
+    problems = [Problem(f"p{i}", "q", (f"{i} + 1 = {i + 1}.",), i + 1, 5 + i % 2) for i in range(4)]
+    scored = first_step_scores({"variants": variants}, problems)
+    assert [r["correct"] for r in scored["variants"][3]["records"]] == [True, True, True, False]
+
+
+def test_out_of_domain_reports_each_variants_rm_weight(tokenizer):
+    from fastdoctor.taro.evaluate import evaluate_out_of_domain
+
+    vocab = len(tokenizer)
+    patient, rm = tiny_model("llama", vocab=vocab, seed=0), tiny_model("llama", vocab=vocab, seed=1)
+    router = random_router(vocab=vocab)
+    result = evaluate_out_of_domain(patient, tokenizer, rm=rm, router=router, prompts=["My bus was late.", "It rains."],
+                                    genarm_alphas=[1.0], samples=1, max_new_tokens=5, progress=False)
+    rows = {r["variant"]: r for r in result["variants"]}
+    assert list(rows) == ["base", "genarm a'=1", "taro router"]
+    assert rows["base"]["rm_weight"] == 0.0 and rows["genarm a'=1"]["rm_weight"] == 0.5  # convex a' / (1 + a')
+    trace = result["router_trace"]
+    assert len(trace["alpha"]) == len(trace["token_ids"]) > 0 and all(0.0 < a < 1.0 for a in trace["alpha"])
+    assert 0.0 < rows["taro router"]["rm_weight"] < 1.0
+    for row in rows.values():
+        assert row["perplexity"] > 0 and -1.0 <= row["vader"] <= 1.0
+
+
 # ---------------------------------------------------------------------------------------------- reward model
 
 

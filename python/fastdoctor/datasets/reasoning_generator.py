@@ -16,7 +16,7 @@ import re
 from ..taro.reasoning import ERROR_TYPES, LEVELS, Problem, StepPair, final_answer_line
 from .reasoning_scenarios import PEOPLE, PRONOUNS, Op, Scenario, SCENARIOS, ARITHMETIC
 
-GENERATOR_VERSION = "2"  # 2: level 0 added; levels 1-4 are drawn exactly as in version 1
+GENERATOR_VERSION = "3"  # 2: level 0 added; 3: in-band levels 5 and 6 added. Older levels are drawn as before.
 
 @dataclasses.dataclass(frozen=True)
 class _Level:
@@ -31,6 +31,7 @@ class _Level:
     max_value: int = 99
     min_value: int = 2
     carries: bool = False           # prefer additions/subtractions with a carry/borrow
+    whole_operands: bool = False    # operands always inside `add` (else a subtraction may take a smaller one)
 
 
 def _level_spec(level: int, rng: random.Random) -> _Level:
@@ -52,6 +53,11 @@ def _level_spec(level: int, rng: random.Random) -> _Level:
         return _Level(ops=rng.choice((4, 5)), product_start=True, start=(12, 48), start_b=(13, 99),
                       add=(25, 999), kinds=("add", "sub", "mul", "div", "rsub"), mul=(3, 12), div=(2, 12),
                       max_value=99999, carries=True)
+    if level == 5:  # level 0's form: the worked example is what puts it in band (first numbers up to 44 or 59
+        return _level_spec(0, rng)  # measured 0.33 and 0.18 with an example, against ~0.45 up to 29)
+    if level == 6:  # bare, the second number 10-29 (level 1's word problems with an example measured 0.23)
+        return _Level(ops=1, product_start=False, start=(2, 29), start_b=(0, 0), add=(10, 29), kinds=("add", "sub"),
+                      max_value=58, whole_operands=True)
     raise ValueError(f"level: expected one of {LEVELS}, got {level!r}")
 
 
@@ -175,7 +181,7 @@ def _cap(text: str) -> str:
 
 def _sample_chain(rng: random.Random, level: int) -> _Chain | None:
     spec = _level_spec(level, rng)
-    scenario = ARITHMETIC if level == 0 else rng.choice(SCENARIOS)
+    scenario = ARITHMETIC if level in (0, 5, 6) else rng.choice(SCENARIOS)
     name, pronoun = rng.choice(PEOPLE)
     cap, pr, obj, pos = PRONOUNS[pronoun]
     fmt = {"name": name, "Pr": cap, "pr": pr, "pr_obj": obj, "pr_pos": pos, "Pr_pos": _cap(pos)}
@@ -223,7 +229,7 @@ def _sample_operand(rng: random.Random, spec: _Level, kind: str, x: int) -> int 
             n = rng.randint(lo, hi)
         elif kind == "sub":
             top = min(hi, x - spec.min_value)
-            if top < 2:
+            if top < 2 or (spec.whole_operands and top < lo):
                 return None
             n = rng.randint(min(lo, top), top)
         elif kind == "mul":
@@ -266,7 +272,7 @@ def _problem_from_chain(chain: _Chain, level: int, problem_id: str) -> Problem:
 
 
 def generate_problem(rng: random.Random, level: int, problem_id: str = "") -> Problem:
-    """One problem of the given level (0..4), drawn with rng (a random.Random; no global RNG is used)."""
+    """One problem of the given level (0..6), drawn with rng (a random.Random; no global RNG is used)."""
     return _problem_from_chain(_chain(rng, level), level, problem_id)
 
 

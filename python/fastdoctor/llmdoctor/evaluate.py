@@ -28,6 +28,7 @@ class Completions:
     prompt_ids: list[list[int]]
     seconds: float
     new_tokens: int
+    alphas: list[list[list[float]]] | None = None  # with a router that keeps a trace: its weight per new token
 
     @property
     def tokens_per_s(self) -> float:
@@ -72,15 +73,18 @@ def chat_prompt_ids(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
 
 def sample_completions(patient, tokenizer, prompts: Sequence[str], *, doctors: Sequence = (), alpha: float = 1.0,
                        betas: Sequence[float] = (), samples: int = 4, seed: int = 0, max_new_tokens: int = 48,
-                       temperature: float = 1.0, top_p: float = 0.9, batch_size: int = 64) -> Completions:
+                       temperature: float = 1.0, top_p: float = 0.9, batch_size: int = 64, router=None) -> Completions:
     """`samples` completions per prompt; sample j of every prompt uses seed `seed + j` (Philox per row, so a
-    row's tokens do not depend on its batch-mates)."""
+    row's tokens do not depend on its batch-mates). `router` is generate's router; when it keeps a `trace`
+    (taro.RoutedSteering: one weight [B] per step), Completions.alphas holds each sample's weights."""
     prompt_ids = chat_prompt_ids(tokenizer, prompts)
     rows = [(i, j) for i in range(len(prompts)) for j in range(samples)]
     pad = pad_id(tokenizer)
     eos = tokenizer.eos_token_id
     texts = [[""] * samples for _ in prompts]
     tokens: list[list[list[int]]] = [[[] for _ in range(samples)] for _ in prompts]
+    traced = router is not None and hasattr(router, "trace")
+    alphas = [[[] for _ in range(samples)] for _ in prompts] if traced else None
     new_tokens, started = 0, time.time()
     device = next(patient.parameters()).device
     for first in range(0, len(rows), batch_size):
@@ -88,17 +92,20 @@ def sample_completions(patient, tokenizer, prompts: Sequence[str], *, doctors: S
         ids, mask = left_pad([prompt_ids[i] for i, _ in chunk], pad)
         width = ids.shape[1]
         out = generate(patient, ids.to(device), attention_mask=mask.to(device), doctors=list(doctors),
-                                  alpha=alpha, betas=list(betas), max_new_tokens=max_new_tokens,
-                                  temperature=temperature, top_p=top_p, seed=[seed + j for _, j in chunk],
-                                  eos_token_id=eos, pad_token_id=pad)
+                       alpha=alpha, betas=list(betas) if betas else None, max_new_tokens=max_new_tokens,
+                       temperature=temperature, top_p=top_p, seed=[seed + j for _, j in chunk], eos_token_id=eos,
+                       pad_token_id=pad, router=router)
+        trace = torch.stack(router.trace, dim=1).float().cpu() if traced and router.trace else None  # generate resets it
         for r, (i, j) in enumerate(chunk):
             new = out[r, width:].tolist()
             if eos in new:
                 new = new[: new.index(eos)]
             tokens[i][j] = new
+            if trace is not None:
+                alphas[i][j] = [round(float(a), 4) for a in trace[r, : len(new)]]
             texts[i][j] = tokenizer.decode(new, skip_special_tokens=True).strip()
             new_tokens += len(new)
-    return Completions(texts, tokens, prompt_ids, time.time() - started, new_tokens)
+    return Completions(texts, tokens, prompt_ids, time.time() - started, new_tokens, alphas)
 
 
 @torch.no_grad()

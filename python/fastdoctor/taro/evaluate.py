@@ -32,7 +32,8 @@ from .router import RoutedSteering
 
 # About 1.3x the longest gold solution of each level; level 0 (gold ~15 tokens) gets room for the patient's
 # usual preamble (measured on the 60 held-out level-0 problems: base 0.08 at 64 tokens, 0.10 at 96).
-MAX_NEW_TOKENS = {0: 96, 1: 48, 2: 80, 3: 160, 4: 256}
+# The one-shot in-band levels answer in the worked example's short form (~15 and ~35 tokens).
+MAX_NEW_TOKENS = {0: 96, 1: 48, 2: 80, 3: 160, 4: 256, 5: 48, 6: 64}
 
 
 def eval_subset(problems, per_level: int) -> list:
@@ -91,7 +92,7 @@ def decode(variant: dict, patient, tokenizer, problems, *, rm=None, router=None,
         group = [p for p in problems if p.level == level]
         for first in range(0, len(group), batch_size):
             chunk = group[first: first + batch_size]
-            prompts = [tokens.encode(tokenizer, chat_prompt(tokenizer, p.question)) for p in chunk]
+            prompts = [tokens.encode(tokenizer, chat_prompt(tokenizer, p.question, p.example)) for p in chunk]
             outputs = greedy_continuations(variant, patient, tokenizer, prompts, limits[level], rm=rm, router=router)
             for problem, output in zip(chunk, outputs):
                 text = output["text"]
@@ -255,6 +256,130 @@ def plot_alpha_traces(records: list[dict], tokenizer, path, *, count: int = 4, m
         axis.set_title(f"{record['id']} (level {record['level']}, gold {record['answer']}, predicted "
                        f"{record['predicted']}, {'correct' if record['correct'] else 'wrong'}); red = digit tokens",
                        fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+# ------------------------------------------------------------------------------------------------ paired tests
+
+
+def mcnemar(first: Sequence[bool], second: Sequence[bool]) -> dict:
+    """McNemar's exact test of two methods' correctness on the same problems: only the discordant problems
+    count (first right and second wrong, or the reverse), and under the null each is a fair coin. Returns the
+    two discordant counts and the two-sided p-value (binomial, doubled one tail, capped at 1)."""
+    if len(first) != len(second):
+        raise ValueError(f"mcnemar: {len(first)} against {len(second)} results; pair them on the same problems")
+    first_only = sum(1 for a, b in zip(first, second) if a and not b)
+    second_only = sum(1 for a, b in zip(first, second) if b and not a)
+    n = first_only + second_only
+    tail = sum(math.comb(n, k) for k in range(min(first_only, second_only) + 1)) / 2 ** n if n else 1.0
+    return {"first_only": first_only, "second_only": second_only, "p": round(min(1.0, 2 * tail), 4)}
+
+
+def paired_comparisons(variants: list[dict], *, against: Sequence[str]) -> list[dict]:
+    """The router against each named variant, per level and over all, on the same problems (records in the
+    same order: every variant decodes the same list)."""
+    router = next(v for v in variants if v["kind"] == "router")
+    out = []
+    for name in against:
+        other = next(v for v in variants if v["name"] == name)
+        ids = [r["id"] for r in router["records"]]
+        if ids != [r["id"] for r in other["records"]]:
+            raise ValueError(f"paired_comparisons: {name} decoded other problems than the router")
+        levels = sorted({r["level"] for r in router["records"]})
+        for level in [*levels, "all"]:
+            keep = [i for i, r in enumerate(router["records"]) if level == "all" or r["level"] == level]
+            test = mcnemar([router["records"][i]["correct"] for i in keep], [other["records"][i]["correct"] for i in keep])
+            out.append({"against": name, "level": str(level), "n": len(keep), "router_only": test["first_only"],
+                        "other_only": test["second_only"], "p": test["p"]})
+    return out
+
+
+def best_fixed(variants: list[dict]) -> str:
+    """The name of the fixed-alpha GenARM variant with the highest overall accuracy (chosen on the very data
+    it is compared on, which favours it over the router)."""
+    fixed = [v for v in variants if v["kind"] == "genarm"]
+    return max(fixed, key=lambda v: v["accuracy"]["all"]["accuracy"])["name"]
+
+
+def first_step_scores(solutions: dict, problems) -> dict:
+    """Next-step accuracy on the held-out problems themselves, for levels whose solution is one step: the
+    context of their first step is the bare prompt, so the greedy solution already is the continuation, and
+    its first equation is scored as evaluate_next_steps scores one (200 problems a level, not 30 pairs)."""
+    first = {p.id: p.steps[0] for p in problems}
+    out = []
+    for variant in solutions["variants"]:
+        records = [{"id": r["id"], "level": r["level"], "correct": next_step_correct(r["text"], first[r["id"]])}
+                   for r in variant["records"]]
+        out.append({"name": variant["name"], "kind": variant["kind"], "accuracy": accuracy_table(records),
+                    "seconds": 0.0, "records": records})
+    return {"contexts": sum(1 for _ in solutions["variants"][0]["records"]), "variants": out}
+
+
+# ------------------------------------------------------------------------------------------------ out of domain
+
+
+def evaluate_out_of_domain(patient, tokenizer, *, rm, router, prompts: Sequence[str],
+                           genarm_alphas: Sequence[float] = (0.25, 0.5, 1.0), samples: int = 2, seed: int = 0,
+                           max_new_tokens: int = 48, top_p: float = 0.9, batch_size: int = 64,
+                           progress: bool = True) -> dict:
+    """The router on prompts that are not math (TARo's out-of-domain claim): sampled replies (top-p, temperature
+    1, the same seeds for every variant) of the base, fixed-alpha GenARM and the router, scored by the
+    patient's perplexity of them, VADER, distinct-2, and the RM's weight per token (the router's mean alpha;
+    a fixed a' is the convex weight a' / (1 + a'))."""
+    from ..llmdoctor import evaluate as quality
+
+    sampling = dict(samples=samples, seed=seed, max_new_tokens=max_new_tokens, temperature=1.0, top_p=top_p,
+                    batch_size=batch_size)
+    rows, traces = [], None
+    variants = [("base", {}, 0.0)] + [(f"genarm a'={a:g}", dict(doctors=[rm], betas=[float(a)]), a / (1 + a))
+                                      for a in genarm_alphas] + [("taro router", dict(doctors=[rm]), None)]
+    for name, kwargs, weight in variants:
+        steering = RoutedSteering(router) if weight is None else None
+        done = quality.sample_completions(patient, tokenizer, prompts, **kwargs, router=steering, **sampling)
+        row = quality.summarise(name, done, patient)
+        if done.alphas is not None:
+            flat = [a for per_prompt in done.alphas for sample in per_prompt for a in sample]
+            weight = sum(flat) / max(len(flat), 1)
+            traces = done
+        rows.append({"variant": name, "rm_weight": round(float(weight), 4), "vader": row["reward"],
+                     "vader_se": row["reward_se"], "perplexity": row["perplexity"], "distinct_2": row["distinct_2"],
+                     "tokens_per_s": row["tokens_per_s"],
+                     "examples": [done.texts[i][0] for i in range(min(2, len(prompts)))]})
+        if progress:
+            print(f"[taro-eval] out of domain, {name:>16}: RM weight {weight:.3f}, VADER {row['reward']:.3f}"
+                  f"±{row['reward_se']:.3f}, perplexity {row['perplexity']:.2f}", file=sys.stderr, flush=True)
+    trace = None
+    if traces is not None:  # the first prompt's first sample, for the alpha plot
+        trace = {"prompt": prompts[0], "token_ids": traces.tokens[0][0], "alpha": traces.alphas[0][0]}
+    return {"prompts": len(prompts), "samples": samples, "max_new_tokens": max_new_tokens, "top_p": top_p,
+            "temperature": 1.0, "variants": rows, "router_trace": trace}
+
+
+def plot_alpha_in_and_out_of_domain(problem: dict, positivity: dict, tokenizer, path, *, max_tokens: int = 48) -> None:
+    """Two panels side by side: the router's alpha per generated token on one in-band problem (a record of
+    decode) and on one positivity prompt (evaluate_out_of_domain's router_trace); digit tokens in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(18, 3.8), squeeze=False)
+    titles = [f"in band: {problem['id']} (level {problem['level']}, gold {problem['answer']}, "
+              f"{'correct' if problem['correct'] else 'wrong'})",
+              f"out of domain: \"{positivity['prompt'][:60]}\""]
+    for axis, record, title in zip(axes[0], (problem, positivity), titles):
+        alpha = record["alpha"][:max_tokens]
+        pieces = [tokenizer.decode([t]) for t in record["token_ids"][:max_tokens]]
+        axis.bar(range(len(alpha)), alpha, color=["tab:red" if any(c.isdigit() for c in t) else "tab:blue"
+                                                    for t in pieces])
+        axis.set_ylim(0, 1)
+        axis.set_xlim(-1, max(len(alpha), 10))
+        axis.set_ylabel("alpha (RM weight)")
+        axis.set_xticks(range(len(pieces)))
+        axis.set_xticklabels([t.replace("\n", "\\n") for t in pieces], rotation=90, fontsize=7)
+        axis.set_title(f"{title}; mean alpha {sum(alpha) / max(len(alpha), 1):.2f}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -11,6 +11,16 @@ cookies."), and the solution ends with "The answer is N.".
     level 3  three or four steps, two-digit numbers, + - * / and "change" subtractions
     level 4  five or six steps, two- and three-digit numbers, carries and borrows forced where possible
 
+and two in-band levels (IN_BAND_LEVELS), where the default patient is right often enough, and wrong often
+enough, for steering to show either way. Their problems carry a worked example of the same level, shown as
+an earlier user/assistant exchange of the chat (one-shot). Written inside the single user turn instead, the
+example did not help (level 0's sums: 0.13 against 0.52 as a chat turn, 100 problems each):
+
+    level 5  level 0's bare sums and differences, with a worked example
+    level 6  bare sums and differences of a number up to 29 and one from 10 to 29, with a worked example
+
+(Level 1's word problems with a worked example measured 0.23 on 100 problems: no word-problem level is in band.)
+
 Step pairs follow Math-Step-DPO-10K's fields (METHODS.md §3.2): `prompt` (the question),
 `initial_reason_steps` (a correct prefix of k steps, newline-joined, possibly empty), `chosen` (the correct
 step k), `rejected` (a plausible wrong step k), `full_chosen` / `full_rejected` (that step and the rest of
@@ -39,7 +49,8 @@ from fractions import Fraction
 
 from ..files import read_jsonl_objects
 
-LEVELS = (0, 1, 2, 3, 4)
+LEVELS = (0, 1, 2, 3, 4, 5, 6)
+IN_BAND_LEVELS = (5, 6)  # one-shot levels where the default patient is neither at the floor nor the ceiling
 ERROR_TYPES = ("arithmetic_slip", "digit_swap", "dropped_carry", "wrong_operand", "wrong_operation")
 ARITHMETIC_ERROR_TYPES = ("arithmetic_slip", "digit_swap", "dropped_carry")
 INSTRUCTION = "Solve the problem step by step. End with 'The answer is N.'"
@@ -56,11 +67,15 @@ def format_prompt(question: str) -> str:
     return f"{INSTRUCTION}\n\n{question.strip()}"
 
 
-def chat_prompt(tokenizer, question: str) -> str:
-    """format_prompt(question) as a single user turn in the tokenizer's chat template, with the assistant
-    turn opened (add_generation_prompt=True); returns text, to be tokenised by the caller."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": format_prompt(question)}],
-                                         add_generation_prompt=True, tokenize=False)
+def chat_prompt(tokenizer, question: str, example: "WorkedExample | None" = None) -> str:
+    """format_prompt(question) as a user turn in the tokenizer's chat template, with the assistant turn
+    opened (add_generation_prompt=True); with a worked example, that example's question and solution come
+    first as an earlier user/assistant exchange. Returns text, to be tokenised by the caller."""
+    messages = [{"role": "user", "content": format_prompt(question)}]
+    if example is not None:
+        messages[:0] = [{"role": "user", "content": format_prompt(example.question)},
+                        {"role": "assistant", "content": example.solution}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def final_answer_line(answer: int) -> str:
@@ -69,6 +84,16 @@ def final_answer_line(answer: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ records
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkedExample:
+    """A solved problem shown before the question as an earlier chat exchange (the in-band levels)."""
+    question: str
+    solution: str
+
+    def to_json(self) -> dict:
+        return {"question": self.question, "solution": self.solution}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,14 +106,16 @@ class Problem:
     answer: int
     level: int
     topic: str = ""
+    example: WorkedExample | None = None
 
     @property
     def solution(self) -> str:
         return "\n".join((*self.steps, final_answer_line(self.answer)))
 
     def to_json(self) -> dict:
-        return {"id": self.id, "level": self.level, "topic": self.topic, "question": self.question,
-                "steps": list(self.steps), "answer": self.answer}
+        record = {"id": self.id, "level": self.level, "topic": self.topic, "question": self.question,
+                  "steps": list(self.steps), "answer": self.answer}
+        return record | ({"example": self.example.to_json()} if self.example else {})  # older levels: no key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +133,13 @@ class StepPair:
     error_type: str
     problem_id: str = ""
     step_index: int = 0
+    example: WorkedExample | None = None
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(self)
+        if self.example is None:
+            del record["example"]  # the older levels' records stay byte-identical
+        return record
 
 
 # ------------------------------------------------------------------------------------------------ verifier
@@ -212,6 +243,15 @@ def _field(path, number, record, name, kind, *, empty_ok=False):
     return value
 
 
+def _example_field(path, number, record) -> WorkedExample | None:
+    example = record.get("example")
+    if example is None:
+        return None
+    if not isinstance(example, dict):
+        raise ValueError(f"{path}:{number}: field 'example' must be an object with 'question' and 'solution'")
+    return WorkedExample(_field(path, number, example, "question", str), _field(path, number, example, "solution", str))
+
+
 def _level_field(path, number, record):
     level = _field(path, number, record, "level", int)
     if level not in LEVELS:
@@ -229,8 +269,8 @@ def _bundled(kind: str, split: str, path) -> pathlib.Path:
 
 def load_problems(split: str = "train", *, path: str | pathlib.Path | None = None) -> list[Problem]:
     """The bundled problems: split 'train' (full solutions, e.g. for router training) or 'test' (held-out,
-    60 per level). With path, reads that JSONL file instead. Raises ValueError naming the file and line of
-    the first malformed record; an empty file is an error too."""
+    60 per level, 200 per in-band level). With path, reads that JSONL file instead. Raises ValueError naming
+    the file and line of the first malformed record; an empty file is an error too."""
     path = _bundled("problems", split, path)
     problems = []
     for number, record in read_jsonl_objects(path):
@@ -239,7 +279,8 @@ def load_problems(split: str = "train", *, path: str | pathlib.Path | None = Non
             raise ValueError(f"{path}:{number}: field 'steps' must be a non-empty list of non-empty strings")
         problems.append(Problem(_field(path, number, record, "id", str), _field(path, number, record, "question", str),
                                 tuple(steps), _field(path, number, record, "answer", int),
-                                _level_field(path, number, record), record.get("topic", "") or ""))
+                                _level_field(path, number, record), record.get("topic", "") or "",
+                                _example_field(path, number, record)))
     if not problems:
         raise ValueError(f"{path}: no problems (the file is empty)")
     return problems
@@ -262,7 +303,7 @@ def load_step_pairs(split: str = "train", *, path: str | pathlib.Path | None = N
         pairs.append(StepPair(**text, answer=_field(path, number, record, "answer", int),
                               level=_level_field(path, number, record), error_type=error_type,
                               problem_id=record.get("problem_id", "") or "",
-                              step_index=record.get("step_index", 0) or 0))
+                              step_index=record.get("step_index", 0) or 0, example=_example_field(path, number, record)))
     if not pairs:
         raise ValueError(f"{path}: no step pairs (the file is empty)")
     return pairs

@@ -40,7 +40,7 @@ def step_context(tokenizer, pair: StepPair) -> str:
     """The reward model's context for a step pair: the chat prompt with the assistant turn opened, then the
     earlier steps (one per line), so the next step starts a new line."""
     steps = pair.initial_reason_steps.strip("\n")
-    return chat_prompt(tokenizer, pair.prompt) + (steps + "\n" if steps else "")
+    return chat_prompt(tokenizer, pair.prompt, pair.example) + (steps + "\n" if steps else "")
 
 
 @dataclasses.dataclass

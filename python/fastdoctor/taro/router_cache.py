@@ -31,7 +31,7 @@ def solution_tokens(tokenizer, problem: Problem) -> tuple[torch.Tensor, torch.Te
     response = tokens.encode(tokenizer, problem.solution)
     if tokenizer.eos_token_id is not None:
         response = torch.cat([response, torch.tensor([tokenizer.eos_token_id])])
-    return tokens.encode(tokenizer, chat_prompt(tokenizer, problem.question)), response
+    return tokens.encode(tokenizer, chat_prompt(tokenizer, problem.question, problem.example)), response
 
 
 
