@@ -274,7 +274,7 @@ def mcnemar(first: Sequence[bool], second: Sequence[bool]) -> dict:
     second_only = sum(1 for a, b in zip(first, second) if b and not a)
     n = first_only + second_only
     tail = sum(math.comb(n, k) for k in range(min(first_only, second_only) + 1)) / 2 ** n if n else 1.0
-    return {"first_only": first_only, "second_only": second_only, "p": round(min(1.0, 2 * tail), 4)}
+    return {"first_only": first_only, "second_only": second_only, "p": float(f"{min(1.0, 2 * tail):.3g}")}
 
 
 def paired_comparisons(variants: list[dict], *, against: Sequence[str]) -> list[dict]:
