@@ -23,7 +23,7 @@ import torch
 
 import fastdoctor
 from fastdoctor.cli.main import doctor_path
-from fastdoctor.llmdoctor import evaluate
+from fastdoctor import quality
 from fastdoctor.llmdoctor.data import bundled_preferences
 from fastdoctor.llmdoctor.doctor import load_doctor
 from fastdoctor.sequences import pack_sequences, run_lm
@@ -33,7 +33,7 @@ MAX_NEW_TOKENS = 48
 
 
 @torch.no_grad()
-def greedy_agreement(patient, doctor_lm, completions: evaluate.Completions, beta: float) -> tuple[float, int]:
+def greedy_agreement(patient, doctor_lm, completions: quality.Completions, beta: float) -> tuple[float, int]:
     """The share of the given replies' tokens that argmax(log p_patient + beta log p_doctor) reproduces when
     fed the reply so far (teacher forcing)."""
     agree = total = 0
@@ -61,7 +61,8 @@ def main() -> None:
     start(args)
     prompts = [p.prompt for p in bundled_preferences("test")][: 4 if args.quick else args.prompts]
     new_tokens = 8 if args.quick else MAX_NEW_TOKENS
-    sampling = dict(samples=2 if args.quick else args.samples, seed=0, max_new_tokens=new_tokens, temperature=1.0, top_p=0.9)
+    sampling = dict(samples=2 if args.quick else args.samples, seed=0, max_new_tokens=new_tokens, temperature=1.0,
+                    top_p=0.9)
     rows, greedy, per_prompt = [], {}, {}
     models = {}
     for dtype_label in ("float32", "bfloat16"):
@@ -70,14 +71,14 @@ def main() -> None:
         doctor = load_doctor(doctor_path("bundled:positivity"), patient=patient, tokenizer=tokenizer).lm
         models[dtype_label] = (patient, doctor)
         with torch.inference_mode():
-            alone = evaluate.sample_completions(patient, tokenizer, prompts, **sampling)
-            steered = evaluate.sample_completions(patient, tokenizer, prompts, doctors=[doctor], betas=[args.beta],
+            alone = quality.sample_completions(patient, tokenizer, prompts, **sampling)
+            steered = quality.sample_completions(patient, tokenizer, prompts, doctors=[doctor], betas=[args.beta],
                                                   **sampling)
-            greedy[dtype_label] = evaluate.sample_completions(
+            greedy[dtype_label] = quality.sample_completions(
                 patient, tokenizer, prompts, doctors=[doctor], betas=[args.beta], samples=1, seed=0,
                 max_new_tokens=new_tokens, temperature=0.0, top_p=1.0)
-        base_row = evaluate.summarise("patient alone", alone, patient)
-        row = evaluate.summarise("steered", steered, patient, baseline_scores=base_row["scores"])
+        base_row = quality.summarise("patient alone", alone, patient)
+        row = quality.summarise("steered", steered, patient, baseline_scores=base_row["scores"])
         per = sampling["samples"]
         per_prompt[dtype_label] = [sum(row["scores"][i * per:(i + 1) * per]) / per for i in range(len(prompts))]
         rows.append({"dtype": dtype_label, "alone_tok_s": base_row["tokens_per_s"],
@@ -92,7 +93,8 @@ def main() -> None:
     rows[1]["greedy_agreement"] = agreement
     rows[1]["speedup"] = rows[1]["steered_tok_s"] / rows[0]["steered_tok_s"]
     rows[1]["vader_gap_in_se"] = abs(rows[1]["steered_vader"] - rows[0]["steered_vader"]) / rows[0]["steered_vader_se"]
-    gap, gap_se = evaluate.mean_and_standard_error([b - a for a, b in zip(per_prompt["float32"], per_prompt["bfloat16"])])
+    gaps = [b - a for a, b in zip(per_prompt["float32"], per_prompt["bfloat16"])]
+    gap, gap_se = quality.mean_and_standard_error(gaps)
     rows[1]["paired_gap"], rows[1]["paired_gap_se"] = gap, gap_se
     print(f"bfloat16 greedy agreement with float32: {agreement:.3f} over {counted} tokens; steered speed-up "
           f"{rows[1]['speedup']:.2f}x; VADER gap {rows[1]['vader_gap_in_se']:.2f} SE; paired by prompt "
@@ -103,11 +105,13 @@ def main() -> None:
                ("paired_gap", "bf16 − fp32 VADER, paired by prompt"), ("paired_gap_se", "± SE"),
                ("alone_vader", "alone VADER"), ("win_rate", "win rate"), ("distinct_2", "distinct-2"),
                ("perplexity", "patient perplexity"), ("greedy_agreement", "greedy agreement with fp32")]
-    meta = run_meta(args.device, prompts=len(prompts), samples=sampling["samples"], new_tokens=new_tokens, beta=args.beta,
+    meta = run_meta(args.device, prompts=len(prompts), samples=sampling["samples"], new_tokens=new_tokens,
+                    beta=args.beta,
                     doctor="bundled:positivity", greedy_tokens=counted, quick=args.quick)
     write_results("dtype_quality", args.device, meta, rows, columns, out=args.out, note=(
         f"Default patient + the bundled positivity doctor (beta {args.beta}), {len(prompts)} held-out prompts x "
-        f"{sampling['samples']} samples (top-p 0.9, temperature 1, same seeds per dtype), {new_tokens} new tokens, batches of 64. Greedy "
+        f"{sampling['samples']} samples (top-p 0.9, temperature 1, same seeds per dtype), {new_tokens} new tokens, "
+        f"batches of 64. Greedy "
         f"agreement: the bf16 mixed argmax against the fp32 greedy replies, teacher-forced, over {counted} tokens."))
 
 

@@ -94,7 +94,8 @@ def main() -> None:
         args.betas, args.arm_alphas = [1.0], [1.0]
     import transformers
 
-    from fastdoctor.llmdoctor import evaluate, quickstart
+    from fastdoctor import quality
+    from fastdoctor.llmdoctor import quickstart
     from fastdoctor.llmdoctor.data import bundled_preferences
     from fastdoctor.models import cache_dir, load_model
     from fastdoctor.llmdoctor.recipes import scored_examples
@@ -120,16 +121,16 @@ def main() -> None:
     sampling = dict(seed=0, max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.9)
     print(f"[quality] {len(prompts)} prompts: patient x {args.base_samples}, steered x {args.samples}",
           file=sys.stderr, flush=True)
-    base = evaluate.sample_completions(patient, tokenizer, prompts, samples=args.base_samples, **sampling)
-    base_row = evaluate.summarise(f"patient, top-p 0.9 ({args.base_samples} samples)", base, patient)
+    base = quality.sample_completions(patient, tokenizer, prompts, samples=args.base_samples, **sampling)
+    base_row = quality.summarise(f"patient, top-p 0.9 ({args.base_samples} samples)", base, patient)
     # Steered methods draw samples 0..S-1 with the same seeds as the patient's first S samples: paired.
     paired = [base_row["scores"][i * args.base_samples + j] for i in range(len(prompts)) for j in range(args.samples)]
     rows = [base_row]
-    greedy = evaluate.sample_completions(patient, tokenizer, prompts, samples=1, **{**sampling, "temperature": 0.0})
-    rows.append(evaluate.summarise("patient, greedy", greedy, patient,
+    greedy = quality.sample_completions(patient, tokenizer, prompts, samples=1, **{**sampling, "temperature": 0.0})
+    rows.append(quality.summarise("patient, greedy", greedy, patient,
                                    baseline_scores=[base_row["scores"][i * args.base_samples] for i in range(len(prompts))]))
-    best, best_scores = evaluate.best_of(base, base_row["scores"])
-    rows.append(evaluate.summarise(f"best-of-{args.base_samples} (VADER)", best, patient, scores=best_scores,
+    best, best_scores = quality.best_of(base, base_row["scores"])
+    rows.append(quality.summarise(f"best-of-{args.base_samples} (VADER)", best, patient, scores=best_scores,
                                    baseline_scores=base_row["scores"]))
     steered = [("control: untrained copy (beta 1)", patient, 1.0, 1.0)]
     steered += [(f"GenARM (alpha {a})", arm.lm, 1.0, a) for a in args.arm_alphas]
@@ -144,9 +145,9 @@ def main() -> None:
         steered += [(f"LLMdoctor TFPO, {layers}-layer distilled doctor (alpha 0.5, beta 0.5)", small.lm, 0.5, 0.5)]
     for name, doctor_lm, alpha, beta in steered:
         print(f"[quality] {name}", file=sys.stderr, flush=True)
-        done = evaluate.sample_completions(patient, tokenizer, prompts, doctors=[doctor_lm], alpha=alpha, betas=[beta],
+        done = quality.sample_completions(patient, tokenizer, prompts, doctors=[doctor_lm], alpha=alpha, betas=[beta],
                                            samples=args.samples, **sampling)
-        rows.append(evaluate.summarise(name, done, patient, baseline_scores=paired))
+        rows.append(quality.summarise(name, done, patient, baseline_scores=paired))
     # Fluency of the trained doctors themselves (decision 8), teacher-forced on held-out patient text.
     from fastdoctor.llmdoctor import distill
 

@@ -88,7 +88,8 @@ def teacher_forced_table(tf: dict) -> str:
 
 
 def paired_table(rows: list[dict]) -> str:
-    lines = ["| router vs | level | problems | router only | other only | p (McNemar, exact) |", "|---|---|---|---|---|---|"]
+    lines = ["| router vs | level | problems | router only | other only | p (McNemar, exact) |",
+             "|---|---|---|---|---|---|"]
     lines += [f"| {r['against']} | {r['level']} | {r['n']} | {r['router_only']} | {r['other_only']} | {r['p']:.3g} |"
               for r in rows]
     return "\n".join(lines)

@@ -9,35 +9,36 @@ import pytest
 import torch
 
 import fastdoctor
-from fastdoctor.llmdoctor import evaluate, quickstart
+from fastdoctor import quality
+from fastdoctor.llmdoctor import quickstart
 from conftest import tiny_model
 
 
 def test_distinct_n_counts_unique_ngrams_over_the_corpus():
-    assert evaluate.distinct_n([[1, 2, 3], [1, 2, 4]], 2) == pytest.approx(3 / 4)  # (1,2) repeats
-    assert evaluate.distinct_n([[1, 2, 3, 1, 2, 3]], 3) == pytest.approx(3 / 4)
-    assert evaluate.distinct_n([[1]], 2) == 0.0
+    assert quality.distinct_n([[1, 2, 3], [1, 2, 4]], 2) == pytest.approx(3 / 4)  # (1,2) repeats
+    assert quality.distinct_n([[1, 2, 3, 1, 2, 3]], 3) == pytest.approx(3 / 4)
+    assert quality.distinct_n([[1]], 2) == 0.0
 
 
 def test_win_rate_counts_ties_as_half_and_checks_lengths():
-    assert evaluate.win_rate([0.5, 0.1, 0.3], [0.2, 0.4, 0.3]) == pytest.approx(1.5 / 3)
+    assert quality.win_rate([0.5, 0.1, 0.3], [0.2, 0.4, 0.3]) == pytest.approx(1.5 / 3)
     with pytest.raises(ValueError, match="baseline"):
-        evaluate.win_rate([1.0], [1.0, 2.0])
+        quality.win_rate([1.0], [1.0, 2.0])
 
 
 def test_mean_and_standard_error():
-    mean, error = evaluate.mean_and_standard_error([1.0, 2.0, 3.0, 4.0])
+    mean, error = quality.mean_and_standard_error([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and error == pytest.approx(math.sqrt((2.25 + 0.25 + 0.25 + 2.25) / 3 / 4))
 
 
 def test_best_of_keeps_the_top_sample_per_prompt():
-    completions = evaluate.Completions([["a", "b"], ["c", "d"]], [[[1], [2, 3]], [[4], [5]]], [[0], [0]], 2.0, 5)
-    best, scores = evaluate.best_of(completions, [0.1, 0.9, 0.7, -0.2])
+    completions = quality.Completions([["a", "b"], ["c", "d"]], [[[1], [2, 3]], [[4], [5]]], [[0], [0]], 2.0, 5)
+    best, scores = quality.best_of(completions, [0.1, 0.9, 0.7, -0.2])
     assert best.texts == [["b"], ["c"]] and scores == [0.9, 0.7] and best.new_tokens == 3
 
 
 def test_vader_prefers_positive_text():
-    good, bad = evaluate.vader_scores(["What a wonderful, happy day!", "This is awful and I hate it."])
+    good, bad = quality.vader_scores(["What a wonderful, happy day!", "This is awful and I hate it."])
     assert good > 0.5 and bad < -0.5
 
 
@@ -51,8 +52,8 @@ def tiny_patient():
 def test_sampling_is_per_seed_and_perplexity_matches_a_direct_forward(tiny_patient):
     model, tokenizer = tiny_patient
     prompts = ["Hello there", "My train was late"]
-    a = evaluate.sample_completions(model, tokenizer, prompts, samples=2, max_new_tokens=5, batch_size=3)
-    b = evaluate.sample_completions(model, tokenizer, prompts, samples=2, max_new_tokens=5, batch_size=64)
+    a = quality.sample_completions(model, tokenizer, prompts, samples=2, max_new_tokens=5, batch_size=3)
+    b = quality.sample_completions(model, tokenizer, prompts, samples=2, max_new_tokens=5, batch_size=64)
     assert a.tokens == b.tokens  # a row's tokens do not depend on its batch-mates
     assert a.tokens[0][0] != a.tokens[0][1]  # different seeds per sample
     nll = count = 0
@@ -64,8 +65,8 @@ def test_sampling_is_per_seed_and_perplexity_matches_a_direct_forward(tiny_patie
             logp = torch.log_softmax(model(ids).logits[0, len(a.prompt_ids[i]) - 1: -1], -1)
             nll -= float(logp.gather(-1, torch.tensor(t).unsqueeze(-1)).sum())
             count += len(t)
-    assert evaluate.patient_perplexity(model, a) == pytest.approx(math.exp(nll / count), rel=1e-4)
-    row = evaluate.summarise("x", a, model, baseline_scores=[0.0] * 4)
+    assert quality.patient_perplexity(model, a) == pytest.approx(math.exp(nll / count), rel=1e-4)
+    row = quality.summarise("x", a, model, baseline_scores=[0.0] * 4)
     assert row["samples"] == 4 and 0 <= row["win_rate"] <= 1 and row["tokens_per_s"] > 0
 
 
@@ -77,7 +78,7 @@ def test_patient_samples_for_distillation(tiny_patient):
 
     model, tokenizer = tiny_patient
     prompts = ["Hello there", "My train was late"]
-    done = evaluate.sample_completions(model, tokenizer, prompts, samples=3, seed=1000, max_new_tokens=6, top_p=0.95)
+    done = quality.sample_completions(model, tokenizer, prompts, samples=3, seed=1000, max_new_tokens=6, top_p=0.95)
     sequences = distill.patient_samples(model, tokenizer, prompts, samples=3, max_new_tokens=6)
     expected = [(i, t) for i, per in enumerate(done.tokens) for t in per]  # an immediate EOS is kept as [EOS]
     assert len(sequences) == len(expected) == 6

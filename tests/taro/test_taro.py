@@ -298,7 +298,7 @@ def test_mcnemar_equals_the_exact_binomial_test():
         assert got["second_only"] == sum(b and not a for a, b in zip(first, second))
         discordant = got["first_only"] + got["second_only"]
         expected = binomtest(got["first_only"], discordant, 0.5).pvalue if discordant else 1.0
-        assert got["p"] == pytest.approx(expected, abs=1e-4)
+        assert got["p"] == pytest.approx(expected, rel=2e-3)  # three significant digits
     assert mcnemar([True] * 6, [False] * 6)["p"] == pytest.approx(0.0312, abs=1e-4)
     with pytest.raises(ValueError, match="same problems"):
         mcnemar([True], [True, False])
@@ -498,7 +498,7 @@ def test_cli_eval(cli_runs):
     assert runs["eval"].returncode == 0, runs["eval"].stderr
     results = json.loads((root / "eval.json").read_text())
     assert [v["name"] for v in results["variants"]] == ["base", "genarm a'=1", "taro router", "rm alone"]
-    assert results["subset"]["ids"] == ["test-L0-000", "test-L1-000", "test-L2-000", "test-L3-000", "test-L4-000"]
+    assert results["subset"]["ids"] == [f"test-L{level}-000" for level in taro.reasoning.LEVELS]
     assert all(len(r["alpha"]) == r["new_tokens"] for r in results["variants"][2]["records"])
     assert results["next_step"]["contexts"] > 0 and len(results["next_step"]["variants"]) == 4
     assert (root / "a.png").stat().st_size > 0

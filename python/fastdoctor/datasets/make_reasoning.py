@@ -118,8 +118,8 @@ def build(seed: int = 0) -> dict[str, list[dict]]:
     pools = {level: example_pool(level) for level in reasoning.IN_BAND_LEVELS}
     examples = {example.question for pool in pools.values() for example in pool}
     train_questions = questions_of("steps_train", "problems_train")
-    held_out(reasoning.IN_BAND_LEVELS, TEST_PER_IN_BAND_LEVEL, {generator.question_skeleton(q) for q in train_questions},
-             pools, train_questions | examples)
+    train_skeletons = {generator.question_skeleton(q) for q in train_questions}
+    held_out(reasoning.IN_BAND_LEVELS, TEST_PER_IN_BAND_LEVEL, train_skeletons, pools, train_questions | examples)
     test_questions = questions_of("problems_test")
     train(reasoning.IN_BAND_LEVELS, {generator.question_skeleton(q) for q in test_questions}, pools,
           test_questions | examples)

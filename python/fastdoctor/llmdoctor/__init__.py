@@ -6,8 +6,7 @@
   tfpo        stage 2: the TFPO losses (SubTB flow + value margin) and the position-ramp fit
   distill     a small doctor distilled from the patient before TFPO
   recipes     the stages wired together (build, distil, train TFPO or the GenARM baseline)
-  evaluate    the positivity task's judge, diversity, fluency and paired win rates
-  quickstart  everything above end to end on the default patient
+  quickstart  everything above end to end on the default patient (judged by fastdoctor.quality)
 
 Decoding needs none of this: a saved doctor is an ordinary HF folder for fastdoctor.generate.
 """

@@ -37,7 +37,7 @@ def patient_samples(patient, tokenizer, prompts: Sequence[str], *, samples: int 
     """(prompt ids, response ids) for `samples` fresh patient samples per prompt under the chat template (EOS
     kept when the patient emitted it). More of the patient's own text is what lets a distilled doctor
     generalise: on the 510 bundled responses alone, held-out agreement stalls while training agreement climbs."""
-    from .evaluate import sample_completions
+    from ..quality import sample_completions
 
     done = sample_completions(patient, tokenizer, prompts, samples=samples, seed=seed, max_new_tokens=max_new_tokens,
                               temperature=temperature, top_p=top_p)

@@ -97,14 +97,14 @@ def _show_bundled_doctor(patient, tokenizer, prompt: str, s: QuickstartSettings)
     """One reply from the patient alone and one steered by the bundled positivity doctor (seconds): what the
     run below rebuilds from scratch."""
     from ..datasets import bundled_doctor
-    from . import evaluate
+    from .. import quality
     from .doctor import load_doctor
 
     doctor = load_doctor(bundled_doctor("positivity"), patient=patient, tokenizer=tokenizer)  # already in its dtype
     sampling = dict(samples=1, seed=s.seed, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
                     top_p=s.top_p)
-    alone = evaluate.sample_completions(patient, tokenizer, [prompt], **sampling)
-    steered = evaluate.sample_completions(patient, tokenizer, [prompt], doctors=[doctor.lm], alpha=s.alpha,
+    alone = quality.sample_completions(patient, tokenizer, [prompt], **sampling)
+    steered = quality.sample_completions(patient, tokenizer, [prompt], doctors=[doctor.lm], alpha=s.alpha,
                                           betas=[s.beta], **sampling)
     example = {"prompt": prompt, "patient": alone.texts[0][0], "doctor": steered.texts[0][0]}
     _say(f"0/5 the bundled positivity doctor (beta {s.beta}), before training our own:\n"
@@ -116,7 +116,7 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
         threads: int | None = None) -> dict:
     from ..files import write_json
     from ..models import load_model
-    from . import evaluate
+    from .. import quality
     from .data import bundled_preferences
     from .doctor import load_doctor
     from .recipes import scored_examples
@@ -154,16 +154,16 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
     sampling = dict(samples=settings.samples, seed=settings.seed, max_new_tokens=settings.max_new_tokens,
                     temperature=settings.temperature, top_p=settings.top_p)
     # The doctor over the sampling patient (an adapter re-attaches to its weights, a separate model converts).
-    sampler_doctor = load_doctor(root / "tfpo" / "doctor", dtype=getattr(torch, settings.dtype), tokenizer=tokenizer,
-                                 patient=sampler).lm
+    sampler_doctor = doctor.lm if sampler is patient else load_doctor(
+        root / "tfpo" / "doctor", dtype=getattr(torch, settings.dtype), tokenizer=tokenizer, patient=sampler).lm
     _say(f"4/5 generate ({settings.dtype}): {len(prompts)} held-out prompts x {settings.samples} samples, patient alone")
-    alone = evaluate.sample_completions(sampler, tokenizer, prompts, **sampling)
+    alone = quality.sample_completions(sampler, tokenizer, prompts, **sampling)
     _say(f"4/5 generate: the same with the doctor (alpha {settings.alpha}, beta {settings.beta})")
-    steered = evaluate.sample_completions(sampler, tokenizer, prompts, doctors=[sampler_doctor], alpha=settings.alpha,
+    steered = quality.sample_completions(sampler, tokenizer, prompts, doctors=[sampler_doctor], alpha=settings.alpha,
                                           betas=[settings.beta], **sampling)
     _say("5/5 score: VADER, distinct-n, the patient's perplexity")
-    base_row = evaluate.summarise("patient alone", alone, patient)
-    doctor_row = evaluate.summarise(f"patient + TFPO doctor (beta {settings.beta})", steered, patient,
+    base_row = quality.summarise("patient alone", alone, patient)
+    doctor_row = quality.summarise(f"patient + TFPO doctor (beta {settings.beta})", steered, patient,
                                     baseline_scores=base_row["scores"])
     results = {"settings": dataclasses.asdict(settings), "rows": [base_row, doctor_row],
                "examples": [{"prompt": prompts[i], "patient": alone.texts[i][0], "doctor": steered.texts[i][0]}

@@ -227,6 +227,19 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _alpha_panel(axis, record: dict, tokenizer, max_tokens: int, title: str) -> None:
+    """One bar per generated token: the router's alpha, the token written underneath, digit tokens in red."""
+    alpha = record["alpha"][:max_tokens]
+    pieces = [tokenizer.decode([t]) for t in record["token_ids"][:max_tokens]]
+    axis.bar(range(len(alpha)), alpha, color=["tab:red" if any(c.isdigit() for c in t) else "tab:blue" for t in pieces])
+    axis.set_ylim(0, 1)
+    axis.set_xlim(-1, max(len(alpha), 10))
+    axis.set_ylabel("alpha (RM weight)")
+    axis.set_xticks(range(len(pieces)))
+    axis.set_xticklabels([t.replace("\n", "\\n") for t in pieces], rotation=90, fontsize=7)
+    axis.set_title(title, fontsize=9)
+
+
 def plot_alpha_traces(records: list[dict], tokenizer, path, *, count: int = 4, max_tokens: int = 80) -> None:
     """One panel per solution: the router's alpha per generated token, with the tokens written underneath."""
     import matplotlib
@@ -244,18 +257,9 @@ def plot_alpha_traces(records: list[dict], tokenizer, path, *, count: int = 4, m
         return
     figure, axes = plt.subplots(len(chosen), 1, figsize=(16, 3.2 * len(chosen)), squeeze=False)
     for axis, record in zip(axes[:, 0], chosen):
-        alpha = record["alpha"][:max_tokens]
-        tokens = [tokenizer.decode([t]) for t in record["token_ids"][:max_tokens]]
-        axis.bar(range(len(alpha)), alpha, color=["tab:red" if any(c.isdigit() for c in t) else "tab:blue"
-                                                    for t in tokens])
-        axis.set_ylim(0, 1)
-        axis.set_xlim(-1, max(len(alpha), 10))
-        axis.set_ylabel("alpha (RM weight)")
-        axis.set_xticks(range(len(tokens)))
-        axis.set_xticklabels([t.replace("\n", "\\n") for t in tokens], rotation=90, fontsize=7)
-        axis.set_title(f"{record['id']} (level {record['level']}, gold {record['answer']}, predicted "
-                       f"{record['predicted']}, {'correct' if record['correct'] else 'wrong'}); red = digit tokens",
-                       fontsize=9)
+        _alpha_panel(axis, record, tokenizer, max_tokens,
+                     f"{record['id']} (level {record['level']}, gold {record['answer']}, predicted "
+                     f"{record['predicted']}, {'correct' if record['correct'] else 'wrong'}); red = digit tokens")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -314,7 +318,7 @@ def first_step_scores(solutions: dict, problems) -> dict:
                    for r in variant["records"]]
         out.append({"name": variant["name"], "kind": variant["kind"], "accuracy": accuracy_table(records),
                     "seconds": 0.0, "records": records})
-    return {"contexts": sum(1 for _ in solutions["variants"][0]["records"]), "variants": out}
+    return {"contexts": len(solutions["variants"][0]["records"]), "variants": out}
 
 
 # ------------------------------------------------------------------------------------------------ out of domain
@@ -328,7 +332,7 @@ def evaluate_out_of_domain(patient, tokenizer, *, rm, router, prompts: Sequence[
     1, the same seeds for every variant) of the base, fixed-alpha GenARM and the router, scored by the
     patient's perplexity of them, VADER, distinct-2, and the RM's weight per token (the router's mean alpha;
     a fixed a' is the convex weight a' / (1 + a'))."""
-    from ..llmdoctor import evaluate as quality
+    from .. import quality
 
     sampling = dict(samples=samples, seed=seed, max_new_tokens=max_new_tokens, temperature=1.0, top_p=top_p,
                     batch_size=batch_size)
@@ -371,15 +375,7 @@ def plot_alpha_in_and_out_of_domain(problem: dict, positivity: dict, tokenizer, 
               f"out of domain: \"{positivity['prompt'][:60]}\""]
     for axis, record, title in zip(axes[0], (problem, positivity), titles):
         alpha = record["alpha"][:max_tokens]
-        pieces = [tokenizer.decode([t]) for t in record["token_ids"][:max_tokens]]
-        axis.bar(range(len(alpha)), alpha, color=["tab:red" if any(c.isdigit() for c in t) else "tab:blue"
-                                                    for t in pieces])
-        axis.set_ylim(0, 1)
-        axis.set_xlim(-1, max(len(alpha), 10))
-        axis.set_ylabel("alpha (RM weight)")
-        axis.set_xticks(range(len(pieces)))
-        axis.set_xticklabels([t.replace("\n", "\\n") for t in pieces], rotation=90, fontsize=7)
-        axis.set_title(f"{title}; mean alpha {sum(alpha) / max(len(alpha), 1):.2f}", fontsize=9)
+        _alpha_panel(axis, record, tokenizer, max_tokens, f"{title}; mean alpha {sum(alpha) / max(len(alpha), 1):.2f}")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

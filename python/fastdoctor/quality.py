@@ -1,6 +1,7 @@
-"""Alignment-quality measurements on the bundled positivity task: sample completions for held-out prompts
-with fastdoctor.generate, then score them with an offline judge (VADER's compound sentiment), diversity
-(distinct-n), fluency (the patient's perplexity of the outputs) and speed (tokens/s).
+"""Alignment-quality measurements, shared by both methods (LLMdoctor's positivity results, TARo's
+out-of-domain run): sample completions for prompts with fastdoctor.generate, then score them with an offline
+judge (VADER's compound sentiment), diversity (distinct-n), fluency (the patient's perplexity of the outputs)
+and speed (tokens/s).
 
 Every method samples the same number of completions per prompt with the same seeds, so the methods are
 compared on equal terms; best-of-N picks, per prompt, the highest-scoring of the patient's own N samples.
@@ -14,9 +15,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..generate import generate
-from ..sequences import left_pad, pack_sequences, response_log_probs, run_lm
-from ..tokens import chat_ids, pad_id
+from .generate import generate
+from .sequences import left_pad, pack_sequences, response_log_probs, run_lm
+from .tokens import chat_ids, pad_id
 
 
 @dataclasses.dataclass
@@ -95,7 +96,8 @@ def sample_completions(patient, tokenizer, prompts: Sequence[str], *, doctors: S
                        alpha=alpha, betas=list(betas) if betas else None, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, seed=[seed + j for _, j in chunk], eos_token_id=eos,
                        pad_token_id=pad, router=router)
-        trace = torch.stack(router.trace, dim=1).float().cpu() if traced and router.trace else None  # generate resets it
+        # generate clears the router's trace at the start of each call: it holds this batch's steps only
+        trace = torch.stack(router.trace, dim=1).float().cpu() if traced and router.trace else None
         for r, (i, j) in enumerate(chunk):
             new = out[r, width:].tolist()
             if eos in new:
