@@ -54,8 +54,8 @@ def _level_spec(level: int, rng: random.Random) -> _Level:
                       add=(25, 999), kinds=("add", "sub", "mul", "div", "rsub"), mul=(3, 12), div=(2, 12),
                       max_value=99999, carries=True)
     if level == 5:  # level 0's form: the worked example is what puts it in band (first numbers up to 44 or 59
-        return _level_spec(0, rng)  # measured 0.33 and 0.18 with an example, against ~0.45 up to 29)
-    if level == 6:  # bare, the second number 10-29 (level 1's word problems with an example measured 0.23)
+        return _level_spec(0, rng)  # measured 0.31 and 0.26 with an example, against 0.46 up to 29)
+    if level == 6:  # bare, the second number 10-29 (bench/probe_taro_levels.py measures the candidates)
         return _Level(ops=1, product_start=False, start=(2, 29), start_b=(0, 0), add=(10, 29), kinds=("add", "sub"),
                       max_value=58, whole_operands=True)
     raise ValueError(f"level: expected one of {LEVELS}, got {level!r}")

@@ -14,12 +14,13 @@ cookies."), and the solution ends with "The answer is N.".
 and two in-band levels (IN_BAND_LEVELS), where the default patient is right often enough, and wrong often
 enough, for steering to show either way. Their problems carry a worked example of the same level, shown as
 an earlier user/assistant exchange of the chat (one-shot). Written inside the single user turn instead, the
-example did not help (level 0's sums: 0.13 against 0.52 as a chat turn, 100 problems each):
+example helped little (level 0's sums: 0.12 against 0.46 as a chat turn; bench/probe_taro_levels.py):
 
     level 5  level 0's bare sums and differences, with a worked example
     level 6  bare sums and differences of a number up to 29 and one from 10 to 29, with a worked example
 
-(Level 1's word problems with a worked example measured 0.23 on 100 problems: no word-problem level is in band.)
+(Level 1's word problems with a worked example measured 0.23-0.33 across draws of 100, at the band's edge; the
+bare forms sat inside it in every draw.)
 
 Step pairs follow Math-Step-DPO-10K's fields (METHODS.md §3.2): `prompt` (the question),
 `initial_reason_steps` (a correct prefix of k steps, newline-joined, possibly empty), `chosen` (the correct
