@@ -69,8 +69,9 @@ def build(seed: int = 0) -> dict[str, list[dict]]:
             problem_id = f"{prefix}-L{level}-{made:03d}"
             problem, step_pairs = generator.generate_step_pairs(rng, level, max(pairs, 1), problem_id)
             skeleton = generator.question_skeleton(problem.question)
-            taken = seen_questions if forbid_questions is None else forbid_questions | level_questions
-            if problem.question in taken or skeleton in forbid_skeletons:
+            taken = (problem.question in seen_questions if forbid_questions is None
+                     else problem.question in forbid_questions or problem.question in level_questions)
+            if taken or skeleton in forbid_skeletons:
                 continue
             seen_questions.add(problem.question)
             level_questions.add(problem.question)

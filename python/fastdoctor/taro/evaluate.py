@@ -285,13 +285,13 @@ def paired_comparisons(variants: list[dict], *, against: Sequence[str]) -> list[
     """The router against each named variant, per level and over all, on the same problems (records in the
     same order: every variant decodes the same list)."""
     router = next(v for v in variants if v["kind"] == "router")
+    ids = [r["id"] for r in router["records"]]
+    levels = sorted({r["level"] for r in router["records"]})
     out = []
     for name in against:
         other = next(v for v in variants if v["name"] == name)
-        ids = [r["id"] for r in router["records"]]
         if ids != [r["id"] for r in other["records"]]:
             raise ValueError(f"paired_comparisons: {name} decoded other problems than the router")
-        levels = sorted({r["level"] for r in router["records"]})
         for level in [*levels, "all"]:
             keep = [i for i, r in enumerate(router["records"]) if level == "all" or r["level"] == level]
             test = mcnemar([router["records"][i]["correct"] for i in keep], [other["records"][i]["correct"] for i in keep])
