@@ -6,7 +6,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${FASTDOCTOR_CUDA_VENV:-$repo/.venv-cuda}"
-FASTDOCTOR_CUDA=ON bash "$repo/python/install.sh" "$venv" "torch==2.14.1" "pytest>=8" scipy
+FASTDOCTOR_CUDA=ON bash "$repo/python/install.sh" "$venv" "torch==2.14.1" "pytest>=8" scipy trl
 "$venv/bin/python" -c "
 from fastdoctor import _C
 info = _C.build_info()

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from .generate import generate
+from .judges import vader_scores  # noqa: F401 (quality.vader_scores: the default judge)
 from .sequences import left_pad, pack_sequences, response_log_probs, run_lm
 from .tokens import chat_ids, pad_id
 
@@ -34,16 +35,6 @@ class Completions:
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / max(self.seconds, 1e-9)
-
-
-def vader_scores(texts: Sequence[str]) -> list[float]:
-    """VADER compound sentiment in [-1, 1] (the vaderSentiment package ships its lexicon: offline)."""
-    try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ModuleNotFoundError:
-        raise ModuleNotFoundError("the positivity judge needs vaderSentiment: pip install vaderSentiment") from None
-    analyzer = SentimentIntensityAnalyzer()
-    return [analyzer.polarity_scores(t)["compound"] for t in texts]
 
 
 def distinct_n(token_lists: Sequence[Sequence[int]], n: int) -> float:
@@ -78,36 +69,58 @@ def sample_completions(patient, tokenizer, prompts: Sequence[str], *, doctors: S
     """`samples` completions per prompt; sample j of every prompt uses seed `seed + j` (Philox per row, so a
     row's tokens do not depend on its batch-mates). `router` is generate's router; when it keeps a `trace`
     (taro.RoutedSteering: one weight [B] per step), Completions.alphas holds each sample's weights."""
+    return sample_weight_vectors(patient, tokenizer, prompts, [(alpha, list(betas))], doctors=doctors,
+                                 samples=samples, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_p=top_p, batch_size=batch_size, router=router)[0]
+
+
+def sample_weight_vectors(patient, tokenizer, prompts: Sequence[str], weights: Sequence[tuple[float, Sequence[float]]],
+                          *, doctors: Sequence = (), samples: int = 4, seed: int = 0, max_new_tokens: int = 48,
+                          temperature: float = 1.0, top_p: float = 0.9, batch_size: int = 64,
+                          router=None) -> list[Completions]:
+    """sample_completions for every (alpha, betas) in `weights` at once: the rows of all weight vectors share
+    batches (per-row weights), and sample j of every prompt uses seed `seed + j` under every vector, so the
+    vectors are paired sample for sample. Each Completions' `seconds` is the whole call's wall time."""
+    if router is not None and len(weights) != 1:
+        raise ValueError("sample_weight_vectors: a router replaces the weights; pass one weight vector")
+    for k, (_, betas) in enumerate(weights):
+        if betas and len(betas) != len(doctors):
+            raise ValueError(f"weights[{k}]: {len(betas)} betas for {len(doctors)} doctors")
     prompt_ids = chat_prompt_ids(tokenizer, prompts)
-    rows = [(i, j) for i in range(len(prompts)) for j in range(samples)]
+    rows = [(k, i, j) for k in range(len(weights)) for i in range(len(prompts)) for j in range(samples)]
     pad = pad_id(tokenizer)
     eos = tokenizer.eos_token_id
-    texts = [[""] * samples for _ in prompts]
-    tokens: list[list[list[int]]] = [[[] for _ in range(samples)] for _ in prompts]
+    texts = [[[""] * samples for _ in prompts] for _ in weights]
+    tokens = [[[[] for _ in range(samples)] for _ in prompts] for _ in weights]
     traced = router is not None and hasattr(router, "trace")
     alphas = [[[] for _ in range(samples)] for _ in prompts] if traced else None
-    new_tokens, started = 0, time.time()
+    new_tokens, started = [0] * len(weights), time.time()
     device = next(patient.parameters()).device
     for first in range(0, len(rows), batch_size):
         chunk = rows[first: first + batch_size]
-        ids, mask = left_pad([prompt_ids[i] for i, _ in chunk], pad)
+        ids, mask = left_pad([prompt_ids[i] for _, i, _ in chunk], pad)
         width = ids.shape[1]
+        alpha = torch.tensor([float(weights[k][0]) for k, _, _ in chunk])
+        betas = [torch.tensor([float(weights[k][1][d]) if weights[k][1] else 1.0 for k, _, _ in chunk])
+                 for d in range(len(doctors))]
         out = generate(patient, ids.to(device), attention_mask=mask.to(device), doctors=list(doctors),
-                       alpha=alpha, betas=list(betas) if betas else None, max_new_tokens=max_new_tokens,
-                       temperature=temperature, top_p=top_p, seed=[seed + j for _, j in chunk], eos_token_id=eos,
-                       pad_token_id=pad, router=router)
+                       alpha=alpha, betas=betas or None, max_new_tokens=max_new_tokens, temperature=temperature,
+                       top_p=top_p, seed=[seed + j for _, _, j in chunk], eos_token_id=eos, pad_token_id=pad,
+                       router=router)
         # generate clears the router's trace at the start of each call: it holds this batch's steps only
         trace = torch.stack(router.trace, dim=1).float().cpu() if traced and router.trace else None
-        for r, (i, j) in enumerate(chunk):
+        for r, (k, i, j) in enumerate(chunk):
             new = out[r, width:].tolist()
             if eos in new:
                 new = new[: new.index(eos)]
-            tokens[i][j] = new
+            tokens[k][i][j] = new
             if trace is not None:
                 alphas[i][j] = [round(float(a), 4) for a in trace[r, : len(new)]]
-            texts[i][j] = tokenizer.decode(new, skip_special_tokens=True).strip()
-            new_tokens += len(new)
-    return Completions(texts, tokens, prompt_ids, time.time() - started, new_tokens, alphas)
+            texts[k][i][j] = tokenizer.decode(new, skip_special_tokens=True).strip()
+            new_tokens[k] += len(new)
+    seconds = time.time() - started
+    return [Completions(texts[k], tokens[k], prompt_ids, seconds, new_tokens[k], alphas if k == 0 else None)
+            for k in range(len(weights))]
 
 
 @torch.no_grad()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from fastdoctor.llmdoctor import data
 from fastdoctor.datasets import make_positivity
 
@@ -31,3 +33,30 @@ def test_the_prompt_list_is_fixed():
     prompts = make_positivity.prompts()
     assert len(prompts) == 300 == len(set(prompts))
     assert prompts == make_positivity.prompts()
+
+
+def test_the_concision_set_matches_its_metadata_and_was_chosen_by_measurement():
+    from fastdoctor import judges
+
+    meta = json.loads((data.DATASETS / "concision.meta.json").read_text())
+    positivity = json.loads((data.DATASETS / "positivity.meta.json").read_text())
+    assert meta["held_out_situations"] == positivity["held_out_situations"]  # the same split by situation
+    for split in ("train", "test"):
+        body = (data.DATASETS / f"concision_{split}.jsonl").read_bytes()
+        assert hashlib.sha256(body).hexdigest() == meta["sha256"][split]
+        pairs = data.bundled_preferences(split, "concision")
+        assert len(pairs) == meta["pairs"][split] > 0
+        for pair in pairs:  # the recorded labels are the judge's own scores, recomputed here
+            assert judges.concision_score(pair.chosen) == pytest.approx(pair.extra["chosen_score"], abs=1e-4)
+            assert judges.concision_score(pair.rejected) == pytest.approx(pair.extra["rejected_score"], abs=1e-4)
+            assert pair.extra["chosen_score"] > pair.extra["rejected_score"]
+    chosen = next(c for c in meta["candidates"] if c["judge"] == "concision")
+    assert chosen["qualifies"] and abs(chosen["spearman_with_vader"]) <= 0.5 and chosen["gain_in_se"] >= 2
+    assert not chosen["degenerate_wins"]
+    train = {p.prompt for p in data.bundled_preferences("train", "concision")}
+    assert train <= set(make_positivity.prompts())
+
+
+def test_an_unknown_dimension_is_refused():
+    with pytest.raises(ValueError, match="dimension: expected one of positivity, concision"):
+        data.bundled_preferences("train", "tone")

@@ -71,7 +71,8 @@ def _cmd_rewards(args: argparse.Namespace) -> int:
 
     transformers.logging.disable_progress_bar()
     if args.data.startswith("bundled:"):
-        pairs = data.bundled_preferences(args.data.split(":", 1)[1])
+        parts = args.data.split(":")[1:]  # bundled:<split> (positivity) or bundled:<dimension>:<split>
+        pairs = data.bundled_preferences(parts[-1], *parts[:-1])
     else:
         pairs = data.load_preferences(args.data)
     if args.limit:
@@ -121,11 +122,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def add_commands(sub) -> None:
     """Adds `rewards`, `train`, `export` and `quickstart` to the main parser's subcommands."""
     rw = sub.add_parser("rewards", help="token-level rewards from the patient's positive and negative faces")
-    rw.add_argument("--data", required=True, help="JSONL with prompt/chosen/rejected, or bundled:train / bundled:test")
+    rw.add_argument("--data", required=True, help="JSONL with prompt/chosen/rejected, or bundled:train / bundled:test (positivity) or "
+                    "bundled:concision:train")
     rw.add_argument("--out", required=True, type=writable_path,
                     help="output .safetensors (written atomically; resumable)")
     rw.add_argument("--patient", default="default")
-    rw.add_argument("--faces", default="general", choices=["general", "positivity"], help="face system prompts")
+    rw.add_argument("--faces", default="general", choices=["general", "positivity", "concision"],
+                    help="face system prompts")
     rw.add_argument("--tau", type=float, default=1.0, help="tanh temperature")
     rw.add_argument("--theta", type=float, default=0.65, help="sparsity threshold on tanh(dhat / tau)")
     rw.add_argument("--eps", type=float, default=1e-6)

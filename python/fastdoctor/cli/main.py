@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--system", default=None, help="an optional system message")
     gen.add_argument("--patient", default="default", help="HF model folder, or 'default' (SmolLM2-135M-Instruct)")
     gen.add_argument("--doctor", action="append", default=[],
-                     help="doctor folder, or bundled:positivity (repeatable); adapter doctors of the patient share "
+                     help="doctor folder, or bundled:positivity / bundled:concision (repeatable); adapter doctors of the patient share "
                           "its forward")
     gen.add_argument("--beta", action="append", type=float, default=[], help="weight of each doctor (repeatable)")
     gen.add_argument("--alpha", type=float, default=1.0, help="weight of the patient")

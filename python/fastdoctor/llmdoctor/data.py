@@ -1,7 +1,8 @@
 """Preference data: JSONL with prompt / chosen / rejected (TRL's convention), validated line by line.
 
-The bundled positivity set lives in fastdoctor/datasets/ (see fastdoctor/datasets/make_positivity.py for
-how it was generated, and positivity.meta.json for the settings and seed)."""
+The bundled sets live in fastdoctor/datasets/, one per preference dimension on the same 300 prompts:
+positivity (make_positivity.py, positivity.meta.json) and concision (make_concision.py, concision.meta.json,
+which also records why concision was chosen); each meta file holds the settings, seed and SHA-256s."""
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,13 @@ def load_preferences(path: str | pathlib.Path) -> list[PreferencePair]:
     return pairs
 
 
-def bundled_preferences(split: str = "train") -> list[PreferencePair]:
-    """The bundled positivity preference set: split 'train' or 'test' (held-out prompts)."""
+DIMENSIONS = ("positivity", "concision")
+
+
+def bundled_preferences(split: str = "train", dimension: str = "positivity") -> list[PreferencePair]:
+    """A bundled preference set: split 'train' or 'test' (held-out situations) of `dimension`."""
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
-    return load_preferences(DATASETS / f"positivity_{split}.jsonl")
+    if dimension not in DIMENSIONS:
+        raise ValueError(f"dimension: expected one of {', '.join(DIMENSIONS)}, got {dimension!r}")
+    return load_preferences(DATASETS / f"{dimension}_{split}.jsonl")

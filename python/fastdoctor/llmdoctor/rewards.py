@@ -41,7 +41,7 @@ class Faces:
 
 
 # Defaults per METHODS.md §2.2 (the paper's Appendix F prompts were not available to us), plus a pair
-# suited to the bundled positivity task.
+# for each bundled preference dimension (positivity, concision).
 FACES = {
     "general": Faces(
         positive="You are a helpful, accurate and polite assistant. Give comprehensive, useful and clear answers.",
@@ -51,6 +51,9 @@ FACES = {
         positive="You are a warm, cheerful and optimistic assistant. Answer kindly, encourage the user and look "
                  "on the bright side.",
         negative="You are a gloomy, pessimistic and curt assistant. Answer coldly and dwell on what is wrong."),
+    "concision": Faces(
+        positive="You are a concise assistant. Answer in one or two short, complete sentences, then stop.",
+        negative="You are a long-winded assistant. Ramble at length, repeat yourself and never come to an end."),
 }
 
 

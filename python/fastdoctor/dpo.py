@@ -1,0 +1,152 @@
+"""The training-time baselines of the multi-dimensional fronts: DPO, trained with TRL's DPOTrainer as a LoRA
+on the patient, and Rewarded Soups (Ramé et al. 2023), the weight-space interpolation of two such LoRAs.
+
+DPO gets the doctors' budget: the same pairs, steps, batch, learning rate and LoRA shape (rank 8, alpha 16,
+dropout 0.05 on every projection, lora.attach_lora's). The reference is the patient itself (TRL disables the
+adapter for it), and the loss is DPO's sigmoid loss with TRL's default beta 0.1.
+
+A soup at weight w is theta_0 + w * Delta_1 + (1 - w) * Delta_2, i.e. exactly w * theta_1 + (1 - w) * theta_2
+for the two merged DPO models. peft's add_weighted_adapter with combination_type "cat" builds that adapter
+without approximation (it stacks w * A_1 and (1 - w) * A_2 against [B_1 B_2]); soup() merges it into a copy.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import pathlib
+import warnings
+from collections.abc import Sequence
+
+import torch
+
+from .files import write_json
+from .lora import LORA_PROJECTIONS, peft_quiet
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOSettings:
+    steps: int = 48
+    batch_size: int = 8
+    lr: float = 5e-4
+    beta: float = 0.1
+    warmup_steps: int = 4
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    max_length: int = 256
+    seed: int = 0
+
+
+def _trl():
+    try:
+        import datasets
+        import trl
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError("the DPO baseline needs TRL: pip install trl") from None
+    return trl, datasets
+
+
+def _conversational(pairs: Sequence) -> list[dict]:
+    """TRL's conversational preference format, so DPOTrainer applies the patient's chat template itself."""
+    return [{"prompt": [{"role": "user", "content": p.prompt}],
+             "chosen": [{"role": "assistant", "content": p.chosen}],
+             "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs]
+
+
+def _lora_config(patient, s: DPOSettings):
+    from peft import LoraConfig
+
+    names = {name.rsplit(".", 1)[-1] for name, module in patient.named_modules()
+             if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
+    wanted = [n for n in LORA_PROJECTIONS if n in names]
+    return LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout, target_modules=wanted,
+                      task_type="CAUSAL_LM", fan_in_fan_out="c_attn" in wanted)
+
+
+def train_dpo(patient, tokenizer, pairs: Sequence, out: str | os.PathLike, settings: DPOSettings = DPOSettings()):
+    """Trains a DPO LoRA on a copy of `patient` (the patient itself is left untouched) and saves it in peft's
+    format under <out>/adapter, with <out>/dpo.json (settings and the loss log). Returns the PeftModel."""
+    trl, datasets = _trl()
+    out = pathlib.Path(out)
+    device = next(patient.parameters()).device
+    model = copy.deepcopy(patient).float().train()
+    config = trl.DPOConfig(
+        output_dir=str(out / "trl"), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.lr, beta=settings.beta, warmup_steps=settings.warmup_steps,
+        lr_scheduler_type="cosine", max_length=settings.max_length, seed=settings.seed, data_seed=settings.seed,
+        logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=device.type == "cpu",
+        dataloader_num_workers=0, bf16=False, fp16=False)
+    dataset = datasets.Dataset.from_list(_conversational(pairs))
+    with peft_quiet(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="trl")
+        datasets.disable_progress_bars()
+        trainer = trl.DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                                 peft_config=_lora_config(patient, settings))
+        trainer.train()
+    history = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in trainer.state.log_history
+               if "loss" in row]
+    peft_model = trainer.model.eval()
+    peft_model.save_pretrained(str(out / "adapter"))
+    write_json(out / "dpo.json", {"settings": dataclasses.asdict(settings), "pairs": len(pairs), "log": history})
+    return peft_model
+
+
+def load_dpo(patient, folder: str | os.PathLike, *, merged: bool = True):
+    """The DPO policy of <folder>/adapter over a copy of `patient`: merged into plain weights (the fast path
+    for sampling) or as a PeftModel."""
+    from peft import PeftModel
+
+    folder = pathlib.Path(folder)
+    if not (folder / "adapter" / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{folder}: no DPO adapter (adapter/adapter_config.json); train_dpo writes one")
+    with peft_quiet():
+        model = PeftModel.from_pretrained(copy.deepcopy(patient), str(folder / "adapter")).eval()
+        return model.merge_and_unload() if merged else model
+
+
+def soup(patient, first: str | os.PathLike, second: str | os.PathLike, weight: float, *, merged: bool = True):
+    """Rewarded Soups: weight * theta_first + (1 - weight) * theta_second, over a copy of `patient`, built with
+    peft's add_weighted_adapter (combination_type 'cat', exact). weight 1 is the first DPO model, 0 the second."""
+    from peft import PeftModel
+
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"soup weight: expected a number in [0, 1], got {weight}")
+    with peft_quiet():
+        model = PeftModel.from_pretrained(copy.deepcopy(patient), str(pathlib.Path(first) / "adapter"),
+                                          adapter_name="first")
+        model.load_adapter(str(pathlib.Path(second) / "adapter"), adapter_name="second")
+        model.add_weighted_adapter(["first", "second"], [weight, 1.0 - weight], adapter_name="soup",
+                                   combination_type="cat")
+        model.set_adapter("soup")
+        model.delete_adapter("first")
+        model.delete_adapter("second")
+        model.eval()
+        return model.merge_and_unload() if merged else model
+
+
+def dpo_settings(folder: str | os.PathLike) -> dict:
+    return json.loads((pathlib.Path(folder) / "dpo.json").read_text())
+
+
+@torch.no_grad()
+def dpo_loss(model, tokenizer, pairs: Sequence, *, beta: float = 0.1) -> float:
+    """DPO's sigmoid loss of a PeftModel on `pairs` (mean), with the adapter disabled as the reference, as TRL
+    computes it: -log sigmoid(beta * [(log pi - log ref)(chosen) - (log pi - log ref)(rejected)])."""
+    from .sequences import pack_sequences, response_log_probs, run_lm
+    from .tokens import split_response
+
+    prompts, responses = [], []
+    for index, pair in enumerate(pairs):
+        messages = [{"role": "user", "content": pair.prompt}]
+        for which in ("chosen", "rejected"):
+            prefix, response = split_response(tokenizer, messages, getattr(pair, which), index, which)
+            prompts.append(torch.tensor(prefix))
+            responses.append(torch.tensor(response))
+    batch = pack_sequences(prompts, responses).to(next(model.parameters()).device)
+    policy = response_log_probs(run_lm(model, batch).logits, batch).sum(dim=1)
+    with model.disable_adapter():
+        reference = response_log_probs(run_lm(model, batch).logits, batch).sum(dim=1)
+    ratio = (policy - reference).view(-1, 2)
+    return float(-torch.nn.functional.logsigmoid(beta * (ratio[:, 0] - ratio[:, 1])).mean())
