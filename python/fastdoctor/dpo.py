@@ -23,6 +23,7 @@ import torch
 
 from .files import write_json
 from .lora import LORA_PROJECTIONS, peft_quiet
+from .tokens import reply_finished
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,24 @@ def _lora_config(patient, s: DPOSettings):
                       task_type="CAUSAL_LM", fan_in_fan_out="c_attn" in wanted)
 
 
+def _cut_unfinished(tokenized, pairs: Sequence, eos: int):
+    """TRL closes every reply with the end-of-turn token; a reply cut off at the token limit (chosen_finished /
+    rejected_finished false) loses it, as in every other trainer here (tokens.split_response)."""
+    if len(tokenized) != len(pairs):
+        raise ValueError(f"DPO: TRL kept {len(tokenized)} of {len(pairs)} pairs (a prompt longer than max_length?)")
+    flags = [(reply_finished(p, "chosen"), reply_finished(p, "rejected")) for p in pairs]
+    if all(all(f) for f in flags):
+        return tokenized
+
+    def cut(example, index):
+        for key, done in zip(("chosen_ids", "rejected_ids"), flags[index]):
+            if not done and eos in example[key]:
+                example[key] = example[key][: example[key].index(eos)]
+        return example
+
+    return tokenized.map(cut, with_indices=True)
+
+
 def train_dpo(patient, tokenizer, pairs: Sequence, out: str | os.PathLike, settings: DPOSettings = DPOSettings()):
     """Trains a DPO LoRA on a copy of `patient` (the patient itself is left untouched) and saves it in peft's
     format under <out>/adapter, with <out>/dpo.json (settings and the loss log). Returns the PeftModel."""
@@ -84,6 +103,7 @@ def train_dpo(patient, tokenizer, pairs: Sequence, out: str | os.PathLike, setti
         datasets.disable_progress_bars()
         trainer = trl.DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                                  peft_config=_lora_config(patient, settings))
+        trainer.train_dataset = _cut_unfinished(trainer.train_dataset, pairs, tokenizer.eos_token_id)
         trainer.train()
     history = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in trainer.state.log_history
                if "loss" in row]
@@ -141,7 +161,8 @@ def dpo_loss(model, tokenizer, pairs: Sequence, *, beta: float = 0.1) -> float:
     for index, pair in enumerate(pairs):
         messages = [{"role": "user", "content": pair.prompt}]
         for which in ("chosen", "rejected"):
-            prefix, response = split_response(tokenizer, messages, getattr(pair, which), index, which)
+            prefix, response = split_response(tokenizer, messages, getattr(pair, which), index, which,
+                                              finished=reply_finished(pair, which))
             prompts.append(torch.tensor(prefix))
             responses.append(torch.tensor(response))
     batch = pack_sequences(prompts, responses).to(next(model.parameters()).device)

@@ -20,9 +20,13 @@ def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
     return list(encoded["input_ids"])
 
 
-def split_response(tokenizer, messages: list[dict], response: str, index: int, which: str) -> tuple[list[int], list[int]]:
+def split_response(tokenizer, messages: list[dict], response: str, index: int, which: str, *,
+                   finished: bool = True) -> tuple[list[int], list[int]]:
     """(prefix ids with the generation prompt, response ids through the end-of-turn token) of `response` as
-    the assistant's reply to `messages`; `index` and `which` ('chosen', 'rejected') name it in errors."""
+    the assistant's reply to `messages`; `index` and `which` ('chosen', 'rejected') name it in errors.
+
+    finished=False: the reply was cut off at a token limit, so it ends without the end-of-turn token (training
+    on an EOS the model never emitted would teach it to stop, or with a rejected reply never to stop)."""
     prefix = chat_ids(tokenizer, messages)
     full = chat_ids(tokenizer, [*messages, {"role": "assistant", "content": response}])
     if full[: len(prefix)] != prefix:
@@ -34,7 +38,19 @@ def split_response(tokenizer, messages: list[dict], response: str, index: int, w
         tail = tail[: tail.index(eos) + 1]  # through the end-of-turn token, not the template's trailing newline
     if not tail or (len(tail) == 1 and tail[0] == eos):
         raise ValueError(f"pair {index}: the {which} response is empty")
+    if not finished and tail[-1] == eos:
+        tail = tail[:-1]
     return prefix, tail
+
+
+def reply_finished(pair, which: str) -> bool:
+    """Whether the `which` ('chosen' / 'rejected') reply of a pair ended by itself: the optional fields
+    chosen_finished / rejected_finished (the concision set records them; a reply cut off at the token limit
+    then trains without an end-of-turn token). Absent means finished, the convention of plain JSONL pairs."""
+    value = getattr(pair, "extra", {}).get(f"{which}_finished", True)
+    if not isinstance(value, bool):
+        raise ValueError(f"{which}_finished: expected true or false, got {value!r}")
+    return value
 
 
 def pad_id(tokenizer) -> int:

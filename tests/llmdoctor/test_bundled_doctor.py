@@ -1,5 +1,6 @@
-"""The bundled positivity doctor (datasets/doctors/positivity): its files match bundle.json, it loads offline
-over the default patient, steers it (its greedy reply differs from the patient's), and refuses another base."""
+"""The bundled doctors (datasets/doctors/positivity and concision): their files match bundle.json, they load
+offline over the default patient, steer it (the greedy reply differs from the patient's), and refuse another
+base."""
 from __future__ import annotations
 
 import hashlib
@@ -15,10 +16,13 @@ from fastdoctor.cli.main import doctor_path
 from fastdoctor.llmdoctor.doctor import load_doctor
 from conftest import run_cli, tiny_model
 
-BUNDLED = pathlib.Path(fastdoctor.__file__).parent / "datasets" / "doctors" / "positivity"
+DOCTORS = pathlib.Path(fastdoctor.__file__).parent / "datasets" / "doctors"
+BUNDLED = DOCTORS / "positivity"
 
 
-def test_the_files_match_their_recorded_hashes():
+@pytest.mark.parametrize("dimension", ["positivity", "concision"])
+def test_the_files_match_their_recorded_hashes(dimension):
+    BUNDLED = DOCTORS / dimension
     record = json.loads((BUNDLED / "bundle.json").read_text())
     assert record["seed"] == 0 and record["command"].startswith("python -m fastdoctor.datasets.make_bundled_doctor")
     files = sorted(p.name for p in BUNDLED.iterdir() if p.is_file() and p.name != "bundle.json")
@@ -28,9 +32,10 @@ def test_the_files_match_their_recorded_hashes():
     assert adapters.folder_size(BUNDLED) < 8e6  # a few MB, not a copy of the patient
 
 
-def test_it_steers_the_default_patient():
+@pytest.mark.parametrize("dimension", ["positivity", "concision"])
+def test_it_steers_the_default_patient(dimension):
     patient, tokenizer = fastdoctor.load_model("default")
-    doctor = load_doctor(doctor_path("bundled:positivity"), patient=patient, tokenizer=tokenizer)
+    doctor = load_doctor(doctor_path(f"bundled:{dimension}"), patient=patient, tokenizer=tokenizer)
     assert adapters.lora_deltas(doctor.lm, patient) is not None  # decoded inside the patient's forward
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "My train was late again today."}],
                                         add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
@@ -50,7 +55,7 @@ def test_the_cli_steers_with_it():
     assert result.returncode == 0, result.stderr
     assert "2 model(s)" in result.stderr
     missing = run_cli("generate", "--doctor", "bundled:nothing", "--prompt", "hi", "--max-new-tokens", "2")
-    assert missing.returncode != 0 and "bundled: positivity" in missing.stderr
+    assert missing.returncode != 0 and "bundled: concision, positivity" in missing.stderr
 
 
 def test_the_quickstart_shows_it_before_training(capsys):

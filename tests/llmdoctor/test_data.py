@@ -60,3 +60,22 @@ def test_the_concision_set_matches_its_metadata_and_was_chosen_by_measurement():
 def test_an_unknown_dimension_is_refused():
     with pytest.raises(ValueError, match="dimension: expected one of positivity, concision"):
         data.bundled_preferences("train", "tone")
+
+
+def test_a_reply_cut_off_at_the_token_limit_trains_without_an_end_of_turn_token():
+    import fastdoctor
+    from fastdoctor.tokens import reply_finished, split_response
+
+    _, tokenizer = fastdoctor.load_model("default")
+    messages = [{"role": "user", "content": "My train was late."}]
+    prefix, done = split_response(tokenizer, messages, "So sorry to hear that.", 0, "chosen")
+    _, cut = split_response(tokenizer, messages, "So sorry to hear that.", 0, "chosen", finished=False)
+    assert done[-1] == tokenizer.eos_token_id and cut == done[:-1] and prefix
+    pair = data.PreferencePair("p", "a", "b", {"chosen_finished": True, "rejected_finished": False})
+    assert reply_finished(pair, "chosen") and not reply_finished(pair, "rejected")
+    assert reply_finished(data.PreferencePair("p", "a", "b"), "rejected")  # plain JSONL pairs: finished
+    with pytest.raises(ValueError, match="rejected_finished: expected true or false"):
+        reply_finished(data.PreferencePair("p", "a", "b", {"rejected_finished": "no"}), "rejected")
+    concision = data.bundled_preferences("train", "concision")
+    assert all(isinstance(p.extra["chosen_finished"], bool) for p in concision)
+    assert any(not p.extra["rejected_finished"] for p in concision)

@@ -11,7 +11,10 @@ as positivity (make_positivity.prompts), chosen by measurement and split by the 
    - not degenerate: the empty reply, a cut-off reply and a one-word reply must not score best.
    Candidates: concision (judges.concision_score), Flesch reading ease (a syllable heuristic: textstat is
    not on this machine's registry) and negative word count (the bare length).
-3. Keep concision's highest- and lowest-scoring reply per prompt as chosen / rejected, dropping ties.
+3. Keep concision's highest- and lowest-scoring reply per prompt as chosen / rejected, dropping ties, with
+   whether each ended by itself (chosen_finished / rejected_finished: EOS before max_new_tokens). A reply cut
+   off at the limit then trains without an end-of-turn token (tokens.split_response): every doctor, ARM and
+   DPO model learns when to stop from the replies that did.
 """
 from __future__ import annotations
 
@@ -126,6 +129,7 @@ def main() -> None:
         if scores[best] == scores[worst] or not per_prompt[best] or not per_prompt[worst]:
             continue  # a tie labels nothing
         records.append({"prompt": prompt, "chosen": per_prompt[best], "rejected": per_prompt[worst],
+                        "chosen_finished": flags[best], "rejected_finished": flags[worst],
                         "chosen_score": round(scores[best], 4), "rejected_score": round(scores[worst], 4),
                         "sample_scores": [round(s, 4) for s in scores], "sample_vader": sentiment,
                         "sample_finished": flags})

@@ -26,7 +26,7 @@ from ..kv_cache import cache_kwargs, output_cache
 from ..models import logits_width
 from ..progress import Progress
 from ..sequences import right_pad
-from ..tokens import chat_ids, max_token_bytes, split_response, vocab_fingerprint
+from ..tokens import chat_ids, max_token_bytes, reply_finished, split_response, vocab_fingerprint
 from .data import PreferencePair
 
 FORMAT = "fastdoctor.rewards/1"
@@ -159,7 +159,7 @@ def score_pair(model, tokenizer, pair: PreferencePair, settings: RewardSettings,
     prefixes, tails = {}, None
     for face_name, system in faces.items():
         messages = [{"role": "system", "content": system}, *user]
-        split = [split_response(tokenizer, messages, text, index, which)
+        split = [split_response(tokenizer, messages, text, index, which, finished=reply_finished(pair, which))
                  for text, which in ((pair.chosen, "chosen"), (pair.rejected, "rejected"))]
         prefixes[face_name] = torch.tensor(split[0][0], dtype=torch.int64, device=device)
         if tails is not None and tails != [tail for _, tail in split]:
