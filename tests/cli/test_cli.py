@@ -34,6 +34,21 @@ def test_generate_needs_one_beta_per_doctor(model_folders):
     assert out.returncode != 0 and "--beta: give one per --doctor" in out.stderr
 
 
+def test_generate_strength_is_the_normalised_alpha_and_beta(model_folders):
+    common = ["generate", "--prompt", "Hi", "--patient", str(model_folders["patient"]), "--doctor",
+              str(model_folders["doctor"]), "--max-new-tokens", "6", "--device", "cpu", "--dtype", "float32"]
+    by_strength = run_cli(*common, "--strength", "3")
+    explicit = run_cli(*common, "--alpha", "0.25", "--beta", "0.75")
+    assert by_strength.returncode == 0 and explicit.returncode == 0, by_strength.stderr + explicit.stderr
+    assert by_strength.stdout == explicit.stdout and by_strength.stdout.strip()
+    both = run_cli(*common, "--strength", "1", "--beta", "1")
+    assert both.returncode != 0 and "--strength replaces --alpha and --beta" in both.stderr
+    negative = run_cli(*common, "--strength", "-1")
+    assert negative.returncode != 0 and "--strength: guidance weights: expected numbers >= 0" in negative.stderr
+    two = run_cli(*common, "--strength", "1", "--strength", "2")
+    assert two.returncode != 0 and "--strength: give one per --doctor (1), got 2" in two.stderr
+
+
 def test_rewards_command_writes_a_rewards_file(model_folders, tmp_path):
     prefs = tmp_path / "prefs.jsonl"
     prefs.write_text('{"prompt": "Hi there", "chosen": "Hello, lovely to see you!", "rejected": "What."}\n'

@@ -87,7 +87,18 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     dtype = resolve_dtype(args.dtype, device)
     patient, tokenizer = fastdoctor.load_model(args.patient, dtype=dtype, device=device)
     doctors = [doctor_lm(spec, patient, tokenizer, dtype=dtype, device=device) for spec in args.doctor]
-    betas = args.beta or [1.0] * len(doctors)
+    alpha, betas = args.alpha, args.beta or [1.0] * len(doctors)
+    if args.strength:  # the project's convention (fastdoctor.fronts): weights normalised by 1 + sum g
+        if args.beta or args.alpha != 1.0:
+            raise SystemExit("--strength replaces --alpha and --beta: give one or the other")
+        if len(args.strength) != len(doctors):
+            raise SystemExit(f"--strength: give one per --doctor ({len(doctors)}), got {len(args.strength)}")
+        from fastdoctor.fronts import normalised_weights
+
+        try:
+            alpha, betas = normalised_weights(args.strength)
+        except ValueError as error:
+            raise SystemExit(f"--strength: {error}") from None
     if len(betas) != len(doctors):
         raise SystemExit(f"--beta: give one per --doctor ({len(doctors)}), got {len(betas)}")
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
@@ -100,7 +111,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         input_ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     started = time.perf_counter()
-    output = fastdoctor.generate(patient, input_ids.to(device), doctors=doctors, alpha=args.alpha, betas=betas,
+    output = fastdoctor.generate(patient, input_ids.to(device), doctors=doctors, alpha=alpha, betas=betas,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                  top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                  eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -166,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                           "its forward")
     gen.add_argument("--beta", action="append", type=float, default=[], help="weight of each doctor (repeatable)")
     gen.add_argument("--alpha", type=float, default=1.0, help="weight of the patient")
+    gen.add_argument("--strength", action="append", type=float, default=[],
+                     help="guidance strength g of each doctor (repeatable), instead of --alpha/--beta: alpha = "
+                          "1 / (1 + sum g), beta_i = g_i / (1 + sum g), the convention of the fronts")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")
