@@ -312,8 +312,8 @@ def main() -> None:
                ("concision_text", "concision"), ("distinct_2", "distinct-2"), ("perplexity", "patient perplexity"),
                ("mean_tokens", "mean new tokens"), ("samples", "samples")]
     sections = ["Hypervolume of the 2-D fronts (reference point: the worst mean positivity and concision over "
-                f"every 2-D point, ({reference[0]:.3f}, {reference[1]:.3f})):", "",
-                "| front | hypervolume |", "|---|---|"] + [f"| {m} | {v:.4f} |" for m, v in volumes.items()]
+                f"every 2-D point, ({reference[0]:.3f}, {reference[1]:.3f})):\n\n| front | hypervolume |\n|---|---|\n"
+                + "\n".join(f"| {m} | {v:.4f} |" for m, v in volumes.items())]
     if timing:
         sections += ["", f"Per-row weights: the TFPO 2-D front ({timing['rows']} rows, {timing['vectors']} weight "
                          f"vectors) took {timing['one_call_s']} s in one call against {timing['per_vector_calls_s']} s "

@@ -91,15 +91,17 @@ def train_dpo(patient, tokenizer, pairs: Sequence, out: str | os.PathLike, setti
     out = pathlib.Path(out)
     device = next(patient.parameters()).device
     model = copy.deepcopy(patient).float().train()
-    config = trl.DPOConfig(
-        output_dir=str(out / "trl"), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
-        learning_rate=settings.lr, beta=settings.beta, warmup_steps=settings.warmup_steps,
-        lr_scheduler_type="cosine", max_length=settings.max_length, seed=settings.seed, data_seed=settings.seed,
-        logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=device.type == "cpu",
-        dataloader_num_workers=0, bf16=False, fp16=False)
     dataset = datasets.Dataset.from_list(_conversational(pairs))
     with peft_quiet(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="trl")
+        # TRL 1.16 sets and toggles transformers' gradient_checkpointing, which transformers 5 deprecates
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        config = trl.DPOConfig(
+            output_dir=str(out / "trl"), max_steps=settings.steps, per_device_train_batch_size=settings.batch_size,
+            learning_rate=settings.lr, beta=settings.beta, warmup_steps=settings.warmup_steps,
+            lr_scheduler_type="cosine", max_length=settings.max_length, seed=settings.seed, data_seed=settings.seed,
+            logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=device.type == "cpu",
+            dataloader_num_workers=0, bf16=False, fp16=False)
         datasets.disable_progress_bars()
         trainer = trl.DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                                  peft_config=_lora_config(patient, settings))

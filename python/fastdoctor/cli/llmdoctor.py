@@ -93,7 +93,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
     from fastdoctor.llmdoctor import quickstart
     from fastdoctor.models import cache_dir
 
-    settings = quickstart.QuickstartSettings(doctor=args.doctor, steps=args.steps, beta=args.beta,
+    settings = quickstart.QuickstartSettings(doctor=args.doctor, steps=args.steps, strength=args.strength,
                                              samples=args.samples, dtype=args.dtype).resolved()
     if args.fresh:
         shutil.rmtree(cache_dir() / "quickstart" / settings.digest(), ignore_errors=True)
@@ -186,7 +186,8 @@ def add_commands(sub) -> None:
     qs = sub.add_parser("quickstart", help="LLMdoctor end to end on the default patient (offline, cached)")
     qs.add_argument("--doctor", default="full", choices=["full", "small"])
     qs.add_argument("--steps", type=int, default=48, help="TFPO steps")
-    qs.add_argument("--beta", type=float, default=1.0, help="the doctor's weight when decoding")
+    qs.add_argument("--strength", type=float, default=1.0,
+                    help="the doctor's guidance strength g: alpha = 1 / (1 + g), beta = g / (1 + g)")
     qs.add_argument("--samples", type=int, default=2, help="samples per held-out prompt")
     qs.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="of the sampling stage (auto: bfloat16 where the CPU/GPU has native bf16, else float32)")

@@ -36,8 +36,11 @@ class QuickstartSettings:
     lr: float = 5e-4
     value_ramp: bool = True  # the fitted position ramp in log V (doctor.Doctor); part of the cache key
     distill_steps: int = 60
-    alpha: float = 1.0
-    beta: float = 1.0
+    # The doctor's guidance strength g under the fronts' convention (fastdoctor.fronts): alpha = 1 / (1 + g),
+    # beta = g / (1 + g). g = 1 is the point of the positivity front (bench/results/fronts_cpu.md) with the best
+    # reward whose distinct-2 stays within 0.05 of the patient's; raw alpha = beta = 1 looped ("I'm not sure
+    # what to say. ...", distinct-2 0.43 against the patient's 0.71).
+    strength: float = 1.0
     samples: int = 2
     max_new_tokens: int = 48
     top_p: float = 0.9
@@ -45,6 +48,14 @@ class QuickstartSettings:
     seed: int = 0
     faces: str = "positivity"
     dtype: str = "auto"  # of the sampling stage: "auto" (models.decode_dtype), "float32" or "bfloat16"
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 / (1.0 + self.strength)
+
+    @property
+    def beta(self) -> float:
+        return self.strength / (1.0 + self.strength)
 
     def resolved(self) -> "QuickstartSettings":
         """These settings with dtype "auto" replaced by what it means on this machine (the cache key must
@@ -107,7 +118,7 @@ def _show_bundled_doctor(patient, tokenizer, prompt: str, s: QuickstartSettings)
     steered = quality.sample_completions(patient, tokenizer, [prompt], doctors=[doctor.lm], alpha=s.alpha,
                                           betas=[s.beta], **sampling)
     example = {"prompt": prompt, "patient": alone.texts[0][0], "doctor": steered.texts[0][0]}
-    _say(f"0/5 the bundled positivity doctor (beta {s.beta}), before training our own:\n"
+    _say(f"0/5 the bundled positivity doctor (strength {s.strength:g}), before training our own:\n"
          f"  prompt:  {example['prompt']}\n  patient: {example['patient']}\n  doctor:  {example['doctor']}")
     return example
 
@@ -158,12 +169,13 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
         root / "tfpo" / "doctor", dtype=getattr(torch, settings.dtype), tokenizer=tokenizer, patient=sampler).lm
     _say(f"4/5 generate ({settings.dtype}): {len(prompts)} held-out prompts x {settings.samples} samples, patient alone")
     alone = quality.sample_completions(sampler, tokenizer, prompts, **sampling)
-    _say(f"4/5 generate: the same with the doctor (alpha {settings.alpha}, beta {settings.beta})")
+    _say(f"4/5 generate: the same with the doctor (strength {settings.strength:g}: alpha {settings.alpha:.3g}, "
+         f"beta {settings.beta:.3g})")
     steered = quality.sample_completions(sampler, tokenizer, prompts, doctors=[sampler_doctor], alpha=settings.alpha,
                                           betas=[settings.beta], **sampling)
     _say("5/5 score: VADER, distinct-n, the patient's perplexity")
     base_row = quality.summarise("patient alone", alone, patient)
-    doctor_row = quality.summarise(f"patient + TFPO doctor (beta {settings.beta})", steered, patient,
+    doctor_row = quality.summarise(f"patient + TFPO doctor (strength {settings.strength:g})", steered, patient,
                                     baseline_scores=base_row["scores"])
     results = {"settings": dataclasses.asdict(settings), "rows": [base_row, doctor_row],
                "examples": [{"prompt": prompts[i], "patient": alone.texts[i][0], "doctor": steered.texts[i][0]}
