@@ -123,6 +123,12 @@ class Scorer:
         return {**row, **extra}
 
 
+def first_samples(completions, count: int):
+    """The first `count` samples of every prompt (same seeds), as a Completions of their own."""
+    return type(completions)([t[:count] for t in completions.texts], [t[:count] for t in completions.tokens],
+                             completions.prompt_ids, completions.seconds, completions.new_tokens)
+
+
 def best_of_rows(scorer, base, scores: dict, per: int, weights) -> list[dict]:
     """Best-of-`per` over the patient's first `per` samples, under w * VADER + (1 - w) * concision."""
     from fastdoctor import quality
@@ -131,8 +137,7 @@ def best_of_rows(scorer, base, scores: dict, per: int, weights) -> list[dict]:
     rows = []
     for w in weights:
         combined = [w * a + (1 - w) * b for a, b in zip(scores["positivity"], scores["concision"])]
-        first = type(base)([t[:per] for t in base.texts], [t[:per] for t in base.tokens], base.prompt_ids, base.seconds,
-                           base.new_tokens)
+        first = first_samples(base, per)
         picked = [combined[i * n + j] for i in range(len(base.texts)) for j in range(per)]
         best, _ = quality.best_of(first, picked)
         rows.append(scorer.row(f"best-of-{per}", f"w={w:g}", best, w=w))
@@ -227,8 +232,7 @@ def main() -> None:
 
     _say(f"patient: {len(prompts)} prompts x {args.patient_samples} samples")
     base = quality.sample_completions(sampler, tokenizer, prompts, samples=args.patient_samples, **sampling)
-    paired = type(base)([t[: args.samples] for t in base.texts], [t[: args.samples] for t in base.tokens],
-                        base.prompt_ids, base.seconds, base.new_tokens)
+    paired = first_samples(base, args.samples)
     rows.append(scorer.row("patient", "-", paired, front="both"))
     flat = [t for per_prompt in base.texts for t in per_prompt]
     base_scores = {d: judges.judge(d)(flat) for d in ("positivity", "concision")}
@@ -279,8 +283,7 @@ def main() -> None:
         del model
     n = args.patient_samples
     for per in [b for b in BEST_OF if b <= n]:
-        first = type(base)([t[:per] for t in base.texts], [t[:per] for t in base.tokens], base.prompt_ids,
-                           base.seconds, base.new_tokens)
+        first = first_samples(base, per)
         picked = [base_scores["positivity"][i * n + j] for i in range(len(prompts)) for j in range(per)]
         best, _ = quality.best_of(first, picked)
         rows.append(scorer.row("best-of-N (VADER)", f"N={per}", best, N=per, front="positivity"))
