@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import os
 import pathlib
 import warnings
@@ -22,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from .files import write_json
-from .lora import LORA_PROJECTIONS, peft_quiet
+from .lora import lora_config, peft_quiet
 from .tokens import reply_finished
 
 
@@ -54,16 +53,6 @@ def _conversational(pairs: Sequence) -> list[dict]:
     return [{"prompt": [{"role": "user", "content": p.prompt}],
              "chosen": [{"role": "assistant", "content": p.chosen}],
              "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs]
-
-
-def _lora_config(patient, s: DPOSettings):
-    from peft import LoraConfig
-
-    names = {name.rsplit(".", 1)[-1] for name, module in patient.named_modules()
-             if isinstance(module, torch.nn.Linear) or type(module).__name__ == "Conv1D"}
-    wanted = [n for n in LORA_PROJECTIONS if n in names]
-    return LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout, target_modules=wanted,
-                      task_type="CAUSAL_LM", fan_in_fan_out="c_attn" in wanted)
 
 
 def _cut_unfinished(tokenized, pairs: Sequence, eos: int):
@@ -104,7 +93,8 @@ def train_dpo(patient, tokenizer, pairs: Sequence, out: str | os.PathLike, setti
             dataloader_num_workers=0, bf16=False, fp16=False)
         datasets.disable_progress_bars()
         trainer = trl.DPOTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                                 peft_config=_lora_config(patient, settings))
+                                 peft_config=lora_config(patient, rank=settings.lora_rank, alpha=settings.lora_alpha,
+                                                         dropout=settings.lora_dropout))
         trainer.train_dataset = _cut_unfinished(trainer.train_dataset, pairs, tokenizer.eos_token_id)
         trainer.train()
     history = [{k: v for k, v in row.items() if isinstance(v, (int, float))} for row in trainer.state.log_history
@@ -146,10 +136,6 @@ def soup(patient, first: str | os.PathLike, second: str | os.PathLike, weight: f
         model.delete_adapter("second")
         model.eval()
         return model.merge_and_unload() if merged else model
-
-
-def dpo_settings(folder: str | os.PathLike) -> dict:
-    return json.loads((pathlib.Path(folder) / "dpo.json").read_text())
 
 
 @torch.no_grad()

@@ -70,11 +70,12 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def measure(name: str, score, replies: list[list[str]], vader: list[list[float]], cut_off_example: str) -> dict:
     """The three criteria of the module docstring for one candidate judge."""
+    from fastdoctor.quality import mean_and_standard_error
+
     scores = [[score(t) for t in per_prompt] for per_prompt in replies]
     flat = [s for per_prompt in scores for s in per_prompt]
     gains = [max(per_prompt) - per_prompt[0] for per_prompt in scores]
-    mean = sum(gains) / len(gains)
-    se = math.sqrt(sum((g - mean) ** 2 for g in gains) / (len(gains) - 1) / len(gains))
+    mean, se = mean_and_standard_error(gains)
     degenerate = {"empty": score(""), "cut off": score(cut_off_example), "one word": score("Ok.")}
     best_real = max(flat)
     return {"judge": name, "spearman_with_vader": round(spearman(flat, [v for p in vader for v in p]), 4),
