@@ -2,7 +2,7 @@
 prompts (both judges, distinct-2, the patient's perplexity), at two guidance strengths.
 
   python bench/ablate_fronts.py [--dimension concision] [--variants ramp_off theta_0.5 kappa_0.5 steps_x3 beta_r_0.5]
-                                [--strengths 1 4] [--quick]
+                                [--strengths 1 4] [--name ablations_concision] [--quick]
 
 Variants (each trained once, cached under $FASTDOCTOR_CACHE/ablations/<digest>/<variant>/):
   default      the bundled doctor (the quickstart's recipe: 48 steps x 8 pairs, lr 5e-4, theta 0.65, kappa 1,
@@ -13,7 +13,8 @@ Variants (each trained once, cached under $FASTDOCTOR_CACHE/ablations/<digest>/<
   steps_x3     three times the training steps (144);
   beta_r_<x>   GenARM's ARM with beta_r = x instead of 0.05 (a GenARM variant, for comparison).
 Decoding follows fastdoctor.fronts' convention (weights normalised by 1 + g), top-p 0.9, T 1, 48 tokens.
-Writes <out>/ablations_<dimension>_<hardware>.{json,md}.
+Writes <out>/<name>_<hardware>.{json,md}; the name defaults to ablations_<dimension>, and another name keeps an
+earlier table of other variants beside the new one.
 """
 from __future__ import annotations
 
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--strengths", type=float, nargs="+", default=[1.0, 4.0])
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--steps", type=int, default=48)
+    parser.add_argument("--name", default=None, help="results file stem (default: ablations_<dimension>)")
     add_options(parser, quick="variants trained 1 step on 4 pairs in a temporary folder, 2 prompts, 4 tokens", threads=2)
     args = parser.parse_args()
     start(args)
@@ -119,7 +121,7 @@ def main() -> None:
     columns = [("method", "variant"), ("point", "strength"), ("positivity_text", "positivity (VADER)"),
                ("concision_text", "concision"), ("distinct_2", "distinct-2"), ("perplexity", "patient perplexity"),
                ("mean_tokens", "mean new tokens")]
-    _, md = write_results(f"ablations_{args.dimension}", args.device, meta, rows, columns, out=args.out,
+    _, md = write_results(args.name or f"ablations_{args.dimension}", args.device, meta, rows, columns, out=args.out,
                           title=f"TFPO ablations on {args.dimension}" + (" (--quick smoke run)" if args.quick else ""),
                           note=f"{len(prompts)} held-out prompts x {args.samples} samples, weights normalised by 1 + g, "
                                f"top-p 0.9, T 1, {max_new_tokens} new tokens, sampled in {dtype}.")

@@ -11,7 +11,7 @@ forwards cost what the patient's does. The target is (a)/(b) >= 0.9 * ceiling. T
 every projection with random non-zero weights (the trained doctor's shapes; speed does not depend on values).
 
     python bench/bench_shared_base.py [--cases 1x64,8x64,1x256,8x256] [--doctors 1,2] [--dtypes float32,bfloat16]
-                                      [--device cpu|cuda] [--threads 2] [--quick] [--out DIR]
+                                      [--device cpu|cuda] [--threads 2] [--reps 3] [--quick] [--out DIR]
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import fastdoctor
 from fastdoctor import adapters
 from fastdoctor.lora import attach_lora
 from common import (MODEL_CHOICES, Spread, add_options, load_patient, parse_cases, prompt_ids, run_meta, start,
-                    time_calls, write_results)
+                    time_interleaved, write_results)
 
 PROMPT = "I missed my bus this morning and then it started to rain. What should I do to cheer up?"
 PROMPT_TOKENS = 51  # PROMPT under SmolLM2's chat template
@@ -46,6 +46,9 @@ def main() -> None:
     parser.add_argument("--doctors", default="1,2", help="numbers of adapter doctors K (default: 1,2)")
     parser.add_argument("--dtypes", default=None, help="weights (default: float32,bfloat16 on the CPU, bfloat16 on CUDA)")
     parser.add_argument("--model", choices=MODEL_CHOICES, default="auto", help="the patient (see bench_generate.py)")
+    parser.add_argument("--reps", type=int, default=3,
+                        help="timed rounds of each 64-token (or shorter) case, every variant once a round, "
+                             "interleaved; longer cases run half as many (default: 3)")
     add_options(parser, quick="B = 2, K = 1, 4 new tokens, float32, one timed run", threads=2)
     args = parser.parse_args()
     start(args)
@@ -73,21 +76,18 @@ def main() -> None:
         for k in counts:
             shared, merged, betas = shared_all[:k], merged_all[:k], [0.5] * k
             for batch, new_tokens in cases:
-                reps = 1 if args.quick or new_tokens > 64 else 2
+                reps = 1 if args.quick else args.reps if new_tokens <= 64 else max(1, (args.reps + 1) // 2)
                 ids = prompt.expand(batch, -1).contiguous()
                 stacked_ids = prompt.expand((1 + k) * batch, -1).contiguous()
                 common = dict(max_new_tokens=new_tokens, top_p=0.9, seed=0)
                 with torch.inference_mode():
                     fastdoctor.generate(patient, ids, doctors=shared, betas=betas, max_new_tokens=2)  # builds the stack
-                    t = {
-                        "shared": time_calls(lambda: fastdoctor.generate(patient, ids, doctors=shared, betas=betas,
-                                                                         **common), reps, device),
-                        "separate": time_calls(lambda: fastdoctor.generate(patient, ids, doctors=merged, betas=betas,
-                                                                           **common), reps, device),
-                        "patient": time_calls(lambda: fastdoctor.generate(patient, ids, **common), reps, device),
-                        "patient_stacked": time_calls(lambda: fastdoctor.generate(patient, stacked_ids, **common),
-                                                      reps, device),
-                    }
+                    t = time_interleaved({
+                        "shared": lambda: fastdoctor.generate(patient, ids, doctors=shared, betas=betas, **common),
+                        "separate": lambda: fastdoctor.generate(patient, ids, doctors=merged, betas=betas, **common),
+                        "patient": lambda: fastdoctor.generate(patient, ids, **common),
+                        "patient_stacked": lambda: fastdoctor.generate(patient, stacked_ids, **common),
+                    }, reps, device)
                 tokens = batch * new_tokens
                 median = {key: timing.median for key, timing in t.items()}
                 speedup = median["separate"] / median["shared"]

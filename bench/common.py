@@ -139,6 +139,19 @@ def time_calls(fn: Callable[[], object], reps: int, device: str, *, warmup: bool
     return Timing.of(samples)
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, device: str) -> dict[str, Timing]:
+    """time_calls for several variants in rounds (each round calls every variant once), so that a slow spell of
+    a shared machine lands on all of them instead of biasing the ratios between them."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            started = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[name].append(time.perf_counter() - started)
+    return {name: Timing.of(values) for name, values in samples.items()}
+
+
 def peak_rss_rise(fn) -> int:
     """Bytes by which the process's peak RSS rose during fn() (Linux: VmHWM reset through clear_refs)."""
     def field(name):

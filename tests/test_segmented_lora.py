@@ -1,6 +1,6 @@
 """segmented_lora_ (multi-LoRA batching) against reference.segmented_lora: both CPU paths (per-row loops for
-decode segments, ATen for long ones), every activation dtype, ranks that differ per adapter, segment 0 left
-alone; bad arguments named. The CUDA glue: tests/test_gpu_segmented_lora.py."""
+decode segments, ATen/BLAS for long ones), every activation dtype, float32 and (for bf16 activations) bf16
+adapter weights, ranks that differ per adapter, segment 0 left alone; bad arguments named. The CUDA glue: tests/test_gpu_segmented_lora.py."""
 from __future__ import annotations
 
 import pytest
@@ -12,22 +12,25 @@ TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.bfloat16: dict(rto
              torch.float16: dict(rtol=2e-3, atol=1e-4)}  # one rounding of the sum to the activations' dtype
 
 
-def case(rows: int, dtype: torch.dtype, ranks=(8, 4), inp=70, out=300, segments=(1, 2), device="cpu", seed=0):
+def case(rows: int, dtype: torch.dtype, ranks=(8, 4), inp=70, out=300, segments=(1, 2), device="cpu", seed=0,
+         weight_dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     n = (1 + max(segments)) * rows
     y = torch.randn(n, out, generator=g).to(dtype)
     x = torch.randn(n, inp, generator=g).to(dtype)
-    shrink = [torch.randn(r, inp, generator=g) for r in ranks]
-    expand = [torch.randn(r, out, generator=g) * 0.1 for r in ranks]
+    shrink = [torch.randn(r, inp, generator=g).to(weight_dtype) for r in ranks]
+    expand = [(torch.randn(r, out, generator=g) * 0.1).to(weight_dtype) for r in ranks]
     args = [t.to(device) for t in (y, x)], [t.to(device) for t in shrink], [t.to(device) for t in expand]
     return args, [0.5, 2.0][: len(ranks)], list(segments)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("rows", [1, 3, 16, 17, 40])
+@pytest.mark.parametrize("dtype,weight_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                                (torch.bfloat16, torch.bfloat16), (torch.float16, torch.float32)])
+@pytest.mark.parametrize("rows", [1, 3, 4, 8, 16, 17, 40])  # both sides of each dtype's loops/BLAS threshold
 @pytest.mark.parametrize("ranks", [(8, 4), (16, 3), (1, 32)])
-def test_matches_reference(dtype, rows, ranks):
-    ((y, x), shrink, expand), scales, segments = case(rows, dtype, ranks=ranks, inp=77)  # 77: a lane remainder
+def test_matches_reference(dtype, weight_dtype, rows, ranks):
+    ((y, x), shrink, expand), scales, segments = case(rows, dtype, ranks=ranks, inp=77,  # 77: a lane remainder
+                                                      weight_dtype=weight_dtype)
     expected = reference.segmented_lora(y, x, shrink, expand, scales, segments, rows)
     got = ops.segmented_lora_(y.clone(), x, shrink, expand, scales, segments, rows)
     torch.testing.assert_close(got.float(), expected.float(), **TOLERANCE[dtype])
@@ -63,7 +66,9 @@ def test_it_is_in_place_and_empty_lists_do_nothing():
 @pytest.mark.parametrize("change,match", [
     (lambda y, x, a, b, s, g: (y, x[:, :5].contiguous(), a, b, s, g), r"expected shrink \[rank, 5\]"),
     (lambda y, x, a, b, s, g: (y, x.double(), a, b, s, g), "one dtype"),
-    (lambda y, x, a, b, s, g: (y, x, [t.half() for t in a], b, s, g), "contiguous float32"),
+    (lambda y, x, a, b, s, g: (y, x, [t.half() for t in a], b, s, g), "both float32"),
+    (lambda y, x, a, b, s, g: (y, x, [t.bfloat16() for t in a], [t.bfloat16() for t in b], s, g),
+     "with bfloat16 activations"),  # bf16 weights with float32 activations
     (lambda y, x, a, b, s, g: (y, x, a, b[:1], s, g), "one shrink, expand, scale and segment per adapter"),
     (lambda y, x, a, b, s, g: (y, x, a, b, s, [1, 3]), "outside the"),
     (lambda y, x, a, b, s, g: (y.t(), x, a, b, s, g), "expected y|contiguous"),
@@ -72,3 +77,9 @@ def test_bad_arguments_are_named(change, match):
     ((y, x), shrink, expand), scales, segments = case(2, torch.float32)
     with pytest.raises(RuntimeError, match=match):
         ops.segmented_lora_(*change(y, x, shrink, expand, scales, segments), 2)
+
+
+def test_bf16_weights_need_both_tensors_in_bf16():
+    ((y, x), shrink, expand), scales, segments = case(2, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="both float32"):
+        ops.segmented_lora_(y, x, [a.bfloat16() for a in shrink], expand, scales, segments, 2)

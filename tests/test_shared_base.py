@@ -117,6 +117,29 @@ def test_the_taro_router_runs_on_the_stacked_forward(tmp_path):
     torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-6)
 
 
+def test_a_bf16_patient_reads_bf16_adapter_weights_and_matches_peft(tmp_path):
+    """In bf16 the stacked copy keeps the LoRA weights in bf16 (half the bytes per step); for an adapter whose
+    weights are bf16 values (as the bundled doctors are saved) that is exact, so the prefill logits equal the
+    separate peft model's within bf16 rounding of the base matmuls."""
+    from fastdoctor import shared_base
+
+    patient = tiny_model("llama", seed=0).to(torch.bfloat16)
+    folder = random_adapter(patient, tmp_path / "a", seed=1)
+    shared, separate = shared_and_separate(patient, folder)
+    with torch.no_grad():  # the adapter's weights as bf16 values in both models (peft may hold them in fp32)
+        for lm in (shared, separate):
+            for name, p in lm.named_parameters():
+                if "lora_" in name:
+                    p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    _, a = run(patient, [shared], [0.7], temperature=0.0)
+    _, b = run(patient, [separate], [0.7], temperature=0.0)
+    for za, zb in zip(a[0], b[0]):  # the prefill step: identical inputs
+        torch.testing.assert_close(za.float(), zb.float(), rtol=2e-2, atol=2e-2)
+    assert not torch.equal(a[0][1], a[0][0])  # the doctor's lane differs from the patient's
+    (_, built), = shared_base._BUILT[patient]
+    assert built.projections and all(w.dtype == torch.bfloat16 for p in built.projections for w in (*p.shrink, *p.expand))
+
+
 def test_the_patient_and_the_doctors_own_forwards_are_not_called(tmp_path):
     """The stacked lane replaces them: one forward per step for all three models."""
     patient = tiny_model("llama", seed=0)

@@ -1,8 +1,9 @@
 // Argument checks for segmented_lora_ (CPU and CUDA): y [N, ..., out] and x [N, ..., in] with the same leading
 // dimensions (a projection's output and input), seen as matrices of rows; segments count rows of the first
 // dimension (a decode step's [N, 1, in] and a prefill's [N, T, in] alike). Then, on those matrices: y [M, out]
-// and x [M, in] in one float dtype, per adapter a float32 shrink [rank, in] (lora_A) and expand [rank, out]
-// (lora_B transposed), one scale and one segment index, and segments of `rows` rows inside M.
+// and x [M, in] in one float dtype, per adapter a shrink [rank, in] (lora_A) and expand [rank, out] (lora_B
+// transposed), both float32 or, with bfloat16 activations, both bfloat16, one scale and one segment index, and
+// segments of `rows` rows inside M.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -42,9 +43,12 @@ inline void check_segmented_lora_args(const at::Tensor& y, const at::Tensor& x, 
                     a.size(0) == b.size(0),
                 "segmented_lora_: adapter ", i, ": expected shrink [rank, ", x.size(1), "] and expand [rank, ",
                 y.size(1), "], got ", a.sizes(), " and ", b.sizes());
-    TORCH_CHECK(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat && a.is_contiguous() &&
-                    b.is_contiguous(),
-                "segmented_lora_: adapter ", i, ": shrink and expand must be contiguous float32");
+    TORCH_CHECK(a.scalar_type() == b.scalar_type() &&
+                    (a.scalar_type() == at::kFloat ||
+                     (a.scalar_type() == at::kBFloat16 && x.scalar_type() == at::kBFloat16)) &&
+                    a.is_contiguous() && b.is_contiguous(),
+                "segmented_lora_: adapter ", i, ": shrink and expand must be contiguous, both float32 or (with ",
+                "bfloat16 activations) both bfloat16, got ", a.scalar_type(), " and ", b.scalar_type());
     TORCH_CHECK(a.device() == x.device() && b.device() == x.device(), "segmented_lora_: adapter ", i,
                 " is on another device than x");
     TORCH_CHECK(segments[i] >= 0 && (segments[i] + 1) * rows <= x.size(0), "segmented_lora_: adapter ", i,
@@ -60,9 +64,10 @@ inline void segmented_lora_aten(at::Tensor& y, const at::Tensor& x, at::TensorLi
     const int64_t begin = segments[i] * rows;
     at::Tensor part = y.narrow(0, begin, rows);
     if (y.scalar_type() == at::kFloat) {  // one fused GEMM for the expand and the add
-      part.addmm_(at::mm(x.narrow(0, begin, rows), shrink[i].t()), expand[i], 1.0, scales[i]);
+      part.addmm_(at::mm(x.narrow(0, begin, rows), shrink[i].t()), expand[i], 1.0, scales[i]);  // float32 weights
     } else {
-      at::Tensor delta = at::mm(at::mm(x.narrow(0, begin, rows).to(at::kFloat), shrink[i].t()), expand[i]);
+      at::Tensor delta = at::mm(at::mm(x.narrow(0, begin, rows).to(at::kFloat), shrink[i].to(at::kFloat).t()),
+                                expand[i].to(at::kFloat));
       part.copy_(part.to(at::kFloat).add_(delta.mul_(scales[i])));
     }
   }

@@ -1,8 +1,10 @@
 // CPU kernel for segmented_lora_ (math in csrc/kernels/segmented_lora.h). Decode segments are a few rows:
 // there these loops beat BLAS, whose call overhead dominates a [rows, 576] x [576, 8] product (measured on
-// SmolLM2-135M's projections, up to 3 rows). The input rows are converted to float once, the shrink runs four
-// rank dot products at once in independent lanes, and the float loops get AVX-512/AVX2 clones
-// (vector_math.h). From 4 rows, float32 takes ATen (addmm) and 16-bit inputs BLAS on their float rows.
+// SmolLM2-135M's projections). Each (adapter, row) is one task of a single parallel region: the task converts
+// its row to float, runs four rank dot products at once in independent lanes, then the expand and the add, with
+// AVX-512/AVX2 clones of the float loops (vector_math.h). The weights are float32, or bf16 bits for bf16
+// activations (half the bytes a memory-bound decode step streams). Segments of 17+ rows (prefill) take ATen's
+// addmm (float32) or BLAS on their float-converted rows (16-bit).
 // Checked against reference.segmented_lora in tests/test_segmented_lora.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -19,12 +21,19 @@
 namespace fastdoctor {
 namespace {
 
-constexpr int64_t kLoopRowsFloat = 3;  // segments up to this many rows run the loops; from 4, BLAS's small GEMMs win
-constexpr int64_t kColumns = 256;           // output columns per task
-constexpr int64_t kParallelWork = 1 << 18;  // multiply-adds below which one thread does a segment
+// Segments up to this many rows run the loops. BLAS on them pays two GEMM calls per adapter and projection (and
+// for 16-bit activations a float copy of the rows and weights): measured on SmolLM2-135M's projections with two
+// adapters of 8 rows each, fp32 22-24 us through ATen against 10-17 us in the loops, bf16 47 us a projection
+// through BLAS at 8 rows.
+constexpr int64_t kLoopRows = 16;
+constexpr int64_t kColumns = 256;           // output columns per expand chunk (its sums stay in L1)
+constexpr int64_t kParallelWork = 1 << 18;  // multiply-adds below which one thread adds a BLAS segment's delta
+constexpr int64_t kParallelMin = 1 << 13;   // multiply-adds below which the loops run on one thread
 
-// t [rows, rank] = x_segment @ shrink^T, four ranks at a time per row.
-FD_VECTOR_CLONES void shrink(const float* x, const float* a, int64_t in, int64_t rank, int64_t rows, float* t) {
+// t [rows, rank] = x_rows @ shrink^T, four ranks at a time per row. W: float, or uint16_t for bf16 bits.
+template <typename W>
+__attribute__((always_inline)) inline void shrink_rows(const float* x, const W* a, int64_t in, int64_t rank,
+                                                       int64_t rows, float* t) {
   for (int64_t r = 0; r < rows; ++r) {
     int64_t j = 0;
     for (; j + 4 <= rank; j += 4) lora_shrink_block<1, 4>(x + r * in, a, in, rank, j, t + r * rank);
@@ -32,16 +41,24 @@ FD_VECTOR_CLONES void shrink(const float* x, const float* a, int64_t in, int64_t
   }
 }
 
+// One overload per weight type, each with its own vector clones (target_clones does not apply to templates).
+FD_VECTOR_CLONES void shrink(const float* x, const float* a, int64_t in, int64_t rank, int64_t rows, float* t) {
+  shrink_rows(x, a, in, rank, rows, t);
+}
+FD_VECTOR_CLONES void shrink(const float* x, const uint16_t* a, int64_t in, int64_t rank, int64_t rows, float* t) {
+  shrink_rows(x, a, in, rank, rows, t);
+}
 FD_VECTOR_CLONES void expand(const float* t, const float* b, int64_t rank, int64_t out, int64_t begin, int64_t end,
                              float* acc) {
   lora_expand_columns(t, b, rank, out, begin, end, acc);
 }
-
-// For float32 activations the final add vectorises too (the bf16/fp16 one converts per element).
-FD_VECTOR_CLONES void expand_add(const float* t, const float* b, int64_t rank, int64_t out, int64_t begin,
-                                 int64_t end, float scale, float* acc, float* y) {
+FD_VECTOR_CLONES void expand(const float* t, const uint16_t* b, int64_t rank, int64_t out, int64_t begin,
+                             int64_t end, float* acc) {
   lora_expand_columns(t, b, rank, out, begin, end, acc);
-  lora_add_scaled(acc, end - begin, scale, y);
+}
+
+FD_VECTOR_CLONES void add_scaled_float(const float* acc, int64_t n, float scale, float* y) {
+  lora_add_scaled(acc, n, scale, y);
 }
 
 // y = bf16(float(y) + acc * scale) for bf16 bits, rounding to nearest even exactly as c10::BFloat16 does (NaN
@@ -57,7 +74,9 @@ FD_VECTOR_CLONES void add_scaled_bf16(const float* acc, int64_t n, float scale, 
 
 template <typename In>
 void add_scaled(const float* acc, int64_t n, float scale, In* y) {
-  if constexpr (std::is_same_v<In, c10::BFloat16>) {
+  if constexpr (std::is_same_v<In, float>) {
+    add_scaled_float(acc, n, scale, y);
+  } else if constexpr (std::is_same_v<In, c10::BFloat16>) {
     add_scaled_bf16(acc, n, scale, reinterpret_cast<uint16_t*>(y));
   } else {
     lora_add_scaled(acc, n, scale, y);
@@ -73,7 +92,7 @@ void rows_as_float(const at::Tensor& x, int64_t first, int64_t rows, float* xf) 
                       xf + r * in, in);
 }
 
-// 16-bit activations, segments of 4 rows or more (prefill included): the rows converted to float once, both
+// 16-bit activations, segments of more than kLoopRows rows (prefill): the rows converted to float once, both
 // products through BLAS on those float rows, then one vectorised add back. ATen's own path converts x and y
 // per call and made a bf16 prefill of 16 x 51 rows take 1.4 s instead of 0.26 s.
 template <typename In>
@@ -86,7 +105,7 @@ void segmented_lora_blas16(at::Tensor& y, const at::Tensor& x, at::TensorList sh
     const int64_t first = segments[i] * rows;
     rows_as_float(x, first, rows, xf.data());
     const at::Tensor rows_f = at::from_blob(xf.data(), {rows, in}, x.options().dtype(at::kFloat));
-    const at::Tensor delta = at::mm(at::mm(rows_f, shrinks[i].t()), expands[i]);
+    const at::Tensor delta = at::mm(at::mm(rows_f, shrinks[i].to(at::kFloat).t()), expands[i].to(at::kFloat));
     const float* d = delta.data_ptr<float>();
     const float scale = static_cast<float>(scales[i]);
     at::parallel_for(0, rows, rows * out < kParallelWork ? rows : 1, [&](int64_t begin, int64_t end) {
@@ -95,42 +114,59 @@ void segmented_lora_blas16(at::Tensor& y, const at::Tensor& x, at::TensorList sh
   }
 }
 
+// One task of the loops: one row of one adapter's segment, converted to float (16-bit activations), shrunk,
+// expanded and added by the task itself, so tasks share nothing and run on any thread. (Blocks of 4 rows sharing
+// each weight read measured slower at 8 rows per segment.)
+template <typename In, typename W>
+void lora_row(const In* x_row, const W* a, const W* b, In* y_row, int64_t in, int64_t out, int64_t rank,
+              float scale, std::vector<float>& xf, std::vector<float>& t) {
+  const float* row_f = nullptr;
+  if constexpr (std::is_same_v<In, float>) {
+    row_f = x_row;
+  } else {
+    xf.resize(in);
+    const ScalarKind kind = std::is_same_v<In, c10::BFloat16> ? ScalarKind::kBFloat16 : ScalarKind::kFloat16;
+    load_row_as_float(x_row, kind, xf.data(), in);
+    row_f = xf.data();
+  }
+  t.assign(rank, 0.0f);
+  shrink(row_f, a, in, rank, 1, t.data());
+  float acc[kColumns];
+  for (int64_t o0 = 0; o0 < out; o0 += kColumns) {
+    const int64_t o1 = o0 + kColumns < out ? o0 + kColumns : out;
+    expand(t.data(), b, rank, out, o0, o1, acc);
+    add_scaled(acc, o1 - o0, scale, y_row + o0);
+  }
+}
+
+// Decode segments: one parallel region over (adapter, row) tasks, so two doctors at B = 1 put one adapter on
+// each thread. In the model the base projection has just run on every thread, so the region starts on threads
+// that are still spinning. One task alone (one doctor at B = 1) stays on this thread: splitting its columns
+// between the threads measured slower.
 template <typename In>
 void segmented_lora_loops(at::Tensor& y, const at::Tensor& x, at::TensorList shrinks, at::TensorList expands,
                           at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
-  const int64_t in = x.size(1), out = y.size(1);
+  const int64_t in = x.size(1), out = y.size(1), adapters = static_cast<int64_t>(shrinks.size());
+  int64_t work = 0;
+  for (const at::Tensor& a : shrinks) work += rows * a.size(0) * (in + out);
+  const int64_t tasks = adapters * rows;
+  const In* xs = x.data_ptr<In>();
   In* ys = y.data_ptr<In>();
-  constexpr bool kFloatInput = std::is_same_v<In, float>;
-  std::vector<float> xf(kFloatInput ? 0 : rows * in), t;
-  for (size_t i = 0; i < shrinks.size(); ++i) {
-    const int64_t rank = shrinks[i].size(0), first = segments[i] * rows;
-    const float scale = static_cast<float>(scales[i]);
-    const float* b = expands[i].data_ptr<float>();
-    const float* rows_f = nullptr;
-    if constexpr (kFloatInput) {
-      rows_f = x.data_ptr<float>() + first * in;
-    } else {
-      rows_as_float(x, first, rows, xf.data());
-      rows_f = xf.data();
-    }
-    t.assign(rows * rank, 0.0f);
-    shrink(rows_f, shrinks[i].data_ptr<float>(), in, rank, rows, t.data());
-    const int64_t tasks_per_row = (out + kColumns - 1) / kColumns;
-    const int64_t grain = rows * (in + out) * rank < kParallelWork ? rows * tasks_per_row : 1;
-    at::parallel_for(0, rows * tasks_per_row, grain, [&](int64_t begin, int64_t end) {
-      float acc[kColumns];
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t r = task / tasks_per_row, o0 = (task % tasks_per_row) * kColumns;
-        const int64_t o1 = o0 + kColumns < out ? o0 + kColumns : out;
-        if constexpr (kFloatInput) {
-          expand_add(t.data() + r * rank, b, rank, out, o0, o1, scale, acc, ys + (first + r) * out + o0);
-        } else {
-          expand(t.data() + r * rank, b, rank, out, o0, o1, acc);
-          add_scaled(acc, o1 - o0, scale, ys + (first + r) * out + o0);
-        }
+  at::parallel_for(0, tasks, work < kParallelMin ? tasks : 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> xf, t;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t i = task / rows, row = segments[i] * rows + task % rows, rank = shrinks[i].size(0);
+      const float scale = static_cast<float>(scales[i]);
+      if (shrinks[i].scalar_type() == at::kBFloat16) {  // bfloat16 weights (checked: bfloat16 activations only)
+        lora_row(xs + row * in, reinterpret_cast<const uint16_t*>(shrinks[i].data_ptr()),
+                 reinterpret_cast<const uint16_t*>(expands[i].data_ptr()), ys + row * out, in, out, rank, scale, xf,
+                 t);
+      } else {
+        lora_row(xs + row * in, shrinks[i].data_ptr<float>(), expands[i].data_ptr<float>(), ys + row * out, in, out,
+                 rank, scale, xf, t);
       }
-    });
-  }
+    }
+  });
 }
 
 void segmented_lora_cpu(at::Tensor y_in, const at::Tensor& x_in, at::TensorList shrink, at::TensorList expand,
@@ -138,11 +174,11 @@ void segmented_lora_cpu(at::Tensor y_in, const at::Tensor& x_in, at::TensorList 
   auto [y, x, rows] = as_row_matrices(y_in, x_in, rows_in);
   check_segmented_lora_args(y, x, shrink, expand, scales, segments, rows);
   if (rows == 0 || shrink.empty()) return;
-  if (x.scalar_type() == at::kFloat && rows > kLoopRowsFloat) {
+  if (x.scalar_type() == at::kFloat && rows > kLoopRows) {
     segmented_lora_aten(y, x, shrink, expand, scales, segments, rows);
     return;
   }
-  if (rows > kLoopRowsFloat) {
+  if (rows > kLoopRows) {
     if (x.scalar_type() == at::kBFloat16) {
       segmented_lora_blas16<c10::BFloat16>(y, x, shrink, expand, scales, segments, rows);
     } else {

@@ -4,7 +4,9 @@
 //   y[r, :] += scale_s * ((x[r, :] @ shrink_s^T) @ expand_s)    shrink_s [rank, in], expand_s [rank, out]
 // shrink is peft's lora_A as it is; expand is lora_B [out, rank] transposed, so both inner loops run over
 // contiguous memory with independent lanes (they vectorise without reassociating sums).
-// Accumulation is float32 whatever the activations' dtype, as peft computes a float32 adapter.
+// The adapter weights are float32, or bfloat16 bits for bfloat16 activations (decode is memory-bound: 16-bit
+// weights halve the bytes each step reads, as punica and vLLM keep LoRA weights in the model's dtype).
+// Accumulation is float32 whatever the dtypes, as peft computes a float32 adapter.
 // Host+device inline and framework-free. Checked against python/fastdoctor/reference.py:segmented_lora in
 // tests/test_segmented_lora.py.
 #pragma once
@@ -14,11 +16,15 @@
 
 namespace fastdoctor {
 
+// An adapter weight as float: float32 as it is, bfloat16 (its bits as uint16_t) exactly.
+FD_HOST_DEVICE float lora_weight(float w) { return w; }
+FD_HOST_DEVICE float lora_weight(uint16_t bf16_bits) { return bfloat16_bits_to_float(bf16_bits); }
+
 // t[g, j0 + j] = sum_i x[g, i] * shrink[j0 + j, i] for G rows (row stride `in`) and J consecutive ranks: G x J
 // sets of 8 independent lanes over i, so the dot products vectorise without reassociating a sum and the
 // G x J chains hide the add latency. Lanes are summed in a fixed order, so every clone gives the same result.
-template <int G, int J>
-FD_HOST_DEVICE void lora_shrink_block(const float* x, const float* shrink, int64_t in, int64_t rank, int64_t j0,
+template <int G, int J, typename W>
+FD_HOST_DEVICE void lora_shrink_block(const float* x, const W* shrink, int64_t in, int64_t rank, int64_t j0,
                                       float* t) {
   float lanes[G][J][8];
   for (int g = 0; g < G; ++g)
@@ -28,24 +34,25 @@ FD_HOST_DEVICE void lora_shrink_block(const float* x, const float* shrink, int64
   for (; i + 8 <= in; i += 8)
     for (int g = 0; g < G; ++g)
       for (int j = 0; j < J; ++j)
-        for (int l = 0; l < 8; ++l) lanes[g][j][l] += x[g * in + i + l] * shrink[(j0 + j) * in + i + l];
+        for (int l = 0; l < 8; ++l) lanes[g][j][l] += x[g * in + i + l] * lora_weight(shrink[(j0 + j) * in + i + l]);
   for (int g = 0; g < G; ++g)
     for (int j = 0; j < J; ++j) {
       float sum = 0.0f;
       for (int l = 0; l < 8; ++l) sum += lanes[g][j][l];
-      for (int64_t k = i; k < in; ++k) sum += x[g * in + k] * shrink[(j0 + j) * in + k];
+      for (int64_t k = i; k < in; ++k) sum += x[g * in + k] * lora_weight(shrink[(j0 + j) * in + k]);
       t[g * rank + j0 + j] = sum;
     }
 }
 
 // acc[o - begin] = sum_j t[j] * expand[j, o] for o in [begin, end).
-FD_HOST_DEVICE void lora_expand_columns(const float* t, const float* expand, int64_t rank, int64_t out, int64_t begin,
+template <typename W>
+FD_HOST_DEVICE void lora_expand_columns(const float* t, const W* expand, int64_t rank, int64_t out, int64_t begin,
                                         int64_t end, float* acc) {
   for (int64_t o = begin; o < end; ++o) acc[o - begin] = 0.0f;
   for (int64_t j = 0; j < rank; ++j) {
     const float tj = t[j];
-    const float* w = expand + j * out;
-    for (int64_t o = begin; o < end; ++o) acc[o - begin] += tj * w[o];
+    const W* w = expand + j * out;
+    for (int64_t o = begin; o < end; ++o) acc[o - begin] += tj * lora_weight(w[o]);
   }
 }
 

@@ -252,5 +252,5 @@ def segmented_lora(y: torch.Tensor, x: torch.Tensor, shrink: list[torch.Tensor],
     y = y.clone()
     for a, b, scale, segment in zip(shrink, expand, scales, segments):
         part = slice(segment * rows, (segment + 1) * rows)
-        y[part] = (y[part].float() + ((x[part].float() @ a.T) @ b) * scale).to(y.dtype)
+        y[part] = (y[part].float() + ((x[part].float() @ a.float().T) @ b.float()) * scale).to(y.dtype)
     return y
