@@ -14,10 +14,11 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype,weight_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                                (torch.bfloat16, torch.bfloat16)])
 @pytest.mark.parametrize("rows", [1, 8, 40])
-def test_cuda_matches_reference(dtype, rows):
-    ((y, x), shrink, expand), scales, segments = case(rows, dtype, device="cuda")
+def test_cuda_matches_reference(dtype, weight_dtype, rows):
+    ((y, x), shrink, expand), scales, segments = case(rows, dtype, device="cuda", weight_dtype=weight_dtype)
     expected = reference.segmented_lora(y.cpu(), x.cpu(), [a.cpu() for a in shrink], [b.cpu() for b in expand],
                                         scales, segments, rows)
     got = ops.segmented_lora_(y.clone(), x, shrink, expand, scales, segments, rows)
