@@ -43,6 +43,11 @@ TORCH_LIBRARY(fastdoctor, m) {
   m.def(
       "segmented_lora_(Tensor(a!) y, Tensor x, Tensor[] shrink, Tensor[] expand, float[] scales, int[] segments, "
       "int rows) -> ()");
+  // The stacked copy's nn.Linear forward in one call: y = linear(x, weight, bias), then segmented_lora_ on y with
+  // rows = x.size(0) / segment_count. x comes last so that functools.partial can bind everything else.
+  m.def(
+      "linear_segmented_lora(Tensor weight, Tensor? bias, Tensor[] shrink, Tensor[] expand, float[] scales, "
+      "int[] segments, int segment_count, Tensor x) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -83,3 +83,28 @@ def test_bf16_weights_need_both_tensors_in_bf16():
     ((y, x), shrink, expand), scales, segments = case(2, torch.bfloat16)
     with pytest.raises(RuntimeError, match="both float32"):
         ops.segmented_lora_(y, x, [a.bfloat16() for a in shrink], expand, scales, segments, 2)
+
+
+@pytest.mark.parametrize("dtype,weight_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize("rows,tokens", [(1, 1), (3, 1), (8, 1), (2, 5)])  # decode steps and a prefill
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_segmented_lora_matches_reference(dtype, weight_dtype, rows, tokens, bias):
+    """The stacked copy's fused nn.Linear forward: the projection, then the deltas; rows per segment are read
+    off x (3 segments: the patient, then adapters on segments 1 and 2)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3 * rows, tokens, 77, generator=g).to(dtype)
+    weight = torch.randn(300, 77, generator=g).to(dtype)
+    b = torch.randn(300, generator=g).to(dtype) if bias else None
+    shrink = [torch.randn(r, 77, generator=g).to(weight_dtype) for r in (8, 4)]
+    expand = [(torch.randn(r, 300, generator=g) * 0.1).to(weight_dtype) for r in (8, 4)]
+    got = ops.linear_segmented_lora(x, weight, b, shrink, expand, [0.5, 2.0], [1, 2], 3)
+    expected = reference.linear_segmented_lora(x, weight, b, shrink, expand, [0.5, 2.0], [1, 2], 3)
+    assert got.shape == (3 * rows, tokens, 300) and got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected.float(), **TOLERANCE[dtype])
+    assert torch.equal(got[:rows], torch.nn.functional.linear(x, weight, b)[:rows])  # the patient's segment: no delta
+
+
+def test_linear_segmented_lora_needs_whole_segments():
+    x, weight = torch.randn(4, 1, 8), torch.randn(6, 8)
+    with pytest.raises(RuntimeError, match="a multiple of segment_count = 3"):
+        ops.linear_segmented_lora(x, weight, None, [torch.randn(2, 8)], [torch.randn(2, 6)], [1.0], [1], 3)

@@ -22,6 +22,14 @@ inline std::tuple<at::Tensor, at::Tensor, int64_t> as_row_matrices(const at::Ten
   return {y.view({-1, y.size(-1)}), x.view({-1, x.size(-1)}), rows * per_row};
 }
 
+// Rows per segment of linear_segmented_lora's x [N, ..., in]: the stacked batch is segment_count equal segments.
+inline int64_t rows_per_segment(const at::Tensor& x, int64_t segment_count) {
+  TORCH_CHECK(segment_count > 0 && x.dim() >= 2 && x.size(0) % segment_count == 0,
+              "linear_segmented_lora: expected x [N, ..., in] with N a multiple of segment_count = ", segment_count,
+              ", got ", x.sizes());
+  return x.size(0) / segment_count;
+}
+
 inline void check_segmented_lora_args(const at::Tensor& y, const at::Tensor& x, at::TensorList shrink,
                                       at::TensorList expand, at::ArrayRef<double> scales, at::IntArrayRef segments,
                                       int64_t rows) {

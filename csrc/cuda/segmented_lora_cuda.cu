@@ -1,7 +1,9 @@
-// CUDA glue for segmented_lora_: the ATen path (two cuBLAS matmuls per segment, on the current stream).
+// CUDA glue for segmented_lora_ and linear_segmented_lora: the ATen path (two cuBLAS matmuls per segment, on the current stream).
 // A fused BGMV kernel (one launch for every segment) is the next step once a GPU has measured this one.
 #include <ATen/ATen.h>
 #include <torch/library.h>
+
+#include <optional>
 
 #include "../common/segmented_lora_args.h"
 
@@ -16,8 +18,21 @@ void segmented_lora_cuda(at::Tensor y_in, const at::Tensor& x_in, at::TensorList
   segmented_lora_aten(y, x, shrink, expand, scales, segments, rows);
 }
 
+at::Tensor linear_segmented_lora_cuda(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                      at::TensorList shrink, at::TensorList expand, at::ArrayRef<double> scales,
+                                      at::IntArrayRef segments, int64_t segment_count, const at::Tensor& x) {
+  const int64_t rows = rows_per_segment(x, segment_count);
+  const at::Tensor xc = x.contiguous();
+  at::Tensor y = at::linear(xc, weight, bias);
+  segmented_lora_cuda(y, xc, shrink, expand, scales, segments, rows);
+  return y;
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastdoctor, CUDA, m) { m.impl("segmented_lora_", &segmented_lora_cuda); }
+TORCH_LIBRARY_IMPL(fastdoctor, CUDA, m) {
+  m.impl("segmented_lora_", &segmented_lora_cuda);
+  m.impl("linear_segmented_lora", &linear_segmented_lora_cuda);
+}
 
 }  // namespace fastdoctor

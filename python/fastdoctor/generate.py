@@ -189,13 +189,13 @@ class _Lane:
         self._scatter(out, logits)
 
 
-def _lanes(patient, doctors: list, batch: int, compiled: bool) -> list[_Lane]:
+def _lanes(patient, doctors: list, compiled: bool) -> list[_Lane]:
     """The patient and every LoRA doctor of it in one stacked lane; each other doctor in a lane of its own."""
     deltas = [lora_deltas(d, patient) for d in doctors]
     adapters = [i for i, d in enumerate(deltas) if d is not None]
     if adapters:
         stacked = shared_base_for(patient, [doctors[i] for i in adapters], [deltas[i] for i in adapters])
-        stacked.prepare(batch)
+        stacked.prepare()
         lanes = [_Lane(stacked.model, [0] + [i + 1 for i in adapters], compiled)]
     else:
         lanes = [_Lane(patient, [0], compiled)]
@@ -305,7 +305,7 @@ def generate(
             raise TypeError(f"streamer: expected an HF streamer (with put() and end()), got {type(streamer).__name__}")
         streamer.put(input_ids.cpu())
     prompt_length = input_ids.shape[1]
-    lanes = _lanes(patient, doctors, batch, compile)
+    lanes = _lanes(patient, doctors, compile)
     needed = prompt_length + max_new_tokens
     static_length = -(-needed // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET if compile else None
     for lane in lanes:

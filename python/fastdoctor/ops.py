@@ -362,3 +362,19 @@ def segmented_lora_(y: torch.Tensor, x: torch.Tensor, shrink: Sequence[torch.Ten
     torch.ops.fastdoctor.segmented_lora_(y, x, list(shrink), list(expand), [float(s) for s in scales],
                                          [int(s) for s in segments], int(rows))
     return y
+
+
+@torch.library.register_fake("fastdoctor::linear_segmented_lora")
+def _linear_segmented_lora_fake(weight, bias, shrink, expand, scales, segments, segment_count, x):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+def linear_segmented_lora(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                          shrink: Sequence[torch.Tensor], expand: Sequence[torch.Tensor], scales: Sequence[float],
+                          segments: Sequence[int], segment_count: int) -> torch.Tensor:
+    """F.linear(x, weight, bias) followed by segmented_lora_ on it, with x [N, ..., in] stacked as
+    `segment_count` equal segments of N / segment_count rows: the stacked copy's nn.Linear forward in one op call
+    (shared_base binds everything but x with functools.partial)."""
+    return torch.ops.fastdoctor.linear_segmented_lora(weight, bias, list(shrink), list(expand),
+                                                      [float(s) for s in scales], [int(s) for s in segments],
+                                                      int(segment_count), x)

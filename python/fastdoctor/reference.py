@@ -254,3 +254,14 @@ def segmented_lora(y: torch.Tensor, x: torch.Tensor, shrink: list[torch.Tensor],
         part = slice(segment * rows, (segment + 1) * rows)
         y[part] = (y[part].float() + ((x[part].float() @ a.float().T) @ b.float()) * scale).to(y.dtype)
     return y
+
+
+def linear_segmented_lora(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, shrink: list[torch.Tensor],
+                          expand: list[torch.Tensor], scales: list[float], segments: list[int],
+                          segment_count: int) -> torch.Tensor:
+    """The projection, then segmented_lora on it; x [N, ..., in] holds `segment_count` equal segments."""
+    y = torch.nn.functional.linear(x, weight, bias)
+    rows = x.shape[0] // segment_count
+    flat = segmented_lora(y.reshape(-1, y.shape[-1]), x.reshape(-1, x.shape[-1]), shrink, expand, scales, segments,
+                          rows * (x[0].numel() // x.shape[-1]))
+    return flat.view_as(y)

@@ -12,20 +12,13 @@ afresh at the start of every generate call, so it follows their training.
 """
 from __future__ import annotations
 
-import threading
+import functools
 import weakref
 
 import torch
 from torch import nn
 
 from .adapters import LoraDelta, weight_sharing_copy
-
-
-class SegmentLayout(threading.local):
-    """Rows per segment of the current stacked batch (set by generate before each call's prefill). Per
-    thread: calls from several threads share one stacked copy, each with its own batch size."""
-
-    rows: int = 0
 
 
 class StackedLoRA:
@@ -41,15 +34,19 @@ class StackedLoRA:
     weights were. The accumulation stays float32.
 
     It is installed as the copy's module's own `forward` rather than as a wrapper module: this runs once per
-    projection per step, and a module call of its own cost about 12% of the LoRA time at B = 1."""
+    projection per step, and a module call of its own cost about 12% of the LoRA time at B = 1. For an
+    nn.Linear that forward is the fused op linear_segmented_lora with everything but x bound by
+    functools.partial, so no Python frame runs per projection; other modules (GPT-2's Conv1D) call the base
+    forward, then segmented_lora_. The stacked batch is `segment_count` equal segments, so each call reads its
+    rows per segment off x: concurrent calls with different batch sizes share one copy."""
 
-    def __init__(self, base_forward, deltas: dict[int, LoraDelta], layout: SegmentLayout,
+    def __init__(self, module: nn.Module, deltas: dict[int, LoraDelta], segment_count: int,
                  weight_dtype: torch.dtype = torch.float32):
-        self.base_forward = base_forward
+        self.base_forward = module.forward
         self.segments = sorted(deltas)
         self.sources = [deltas[s] for s in self.segments]
         self.scales = [d.scale for d in self.sources]
-        self.layout = layout
+        self.segment_count = segment_count
         self.weight_dtype = weight_dtype
         self.shrink: list[torch.Tensor] = []
         self.expand: list[torch.Tensor] = []
@@ -72,8 +69,15 @@ class StackedLoRA:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_forward(x)
         torch.ops.fastdoctor.segmented_lora_(y, x.contiguous(), self.shrink, self.expand, self.scales, self.segments,
-                                             self.layout.rows)  # the op itself: no Python wrapper per projection
+                                             x.shape[0] // self.segment_count)  # the op itself: no Python wrapper
         return y
+
+    def forward_of(self, module: nn.Module):
+        """The callable to install as `module.forward`. The lists are bound once: refresh() updates them in place."""
+        if type(module) is nn.Linear:
+            return functools.partial(torch.ops.fastdoctor.linear_segmented_lora.default, module.weight, module.bias,
+                                     self.shrink, self.expand, self.scales, self.segments, self.segment_count)
+        return self
 
 
 class SharedBase:
@@ -81,20 +85,18 @@ class SharedBase:
     order 1, 2, ...): `model` is an HF causal LM over (1 + K) * rows stacked rows."""
 
     def __init__(self, patient: nn.Module, deltas: list[dict[str, LoraDelta]]):
-        self.layout = SegmentLayout()
         self.model = weight_sharing_copy(patient).eval()
         self.projections: list[StackedLoRA] = []
         for name in sorted({name for per_doctor in deltas for name in per_doctor}):
             per_segment = {k + 1: per_doctor[name] for k, per_doctor in enumerate(deltas) if name in per_doctor}
             module = self.model.get_submodule(name)
             weight_dtype = torch.bfloat16 if module.weight.dtype == torch.bfloat16 else torch.float32
-            stacked = StackedLoRA(module.forward, per_segment, self.layout, weight_dtype)
-            module.forward = stacked  # an instance attribute: only this copy's module changes
+            stacked = StackedLoRA(module, per_segment, 1 + len(deltas), weight_dtype)
+            module.forward = stacked.forward_of(module)  # an instance attribute: only this copy's module changes
             self.projections.append(stacked)
 
-    def prepare(self, rows: int) -> None:
-        """Before a generate call: B rows per segment, and the doctors' current LoRA weights."""
-        self.layout.rows = rows
+    def prepare(self) -> None:
+        """Before a generate call: the doctors' current LoRA weights."""
         for projection in self.projections:
             projection.refresh()
 
