@@ -1,6 +1,7 @@
 """segmented_lora_ (multi-LoRA batching) against reference.segmented_lora: both CPU paths (per-row loops for
 decode segments, ATen/BLAS for long ones), every activation dtype, float32 and (for bf16 activations) bf16
-adapter weights, ranks that differ per adapter, segment 0 left alone; bad arguments named. The CUDA glue: tests/test_gpu_segmented_lora.py."""
+adapter weights, ranks that differ per adapter, segment 0 left alone; bad arguments named; and
+linear_segmented_lora (the projection and the deltas in one op). The CUDA glue: tests/test_gpu_segmented_lora.py."""
 from __future__ import annotations
 
 import pytest

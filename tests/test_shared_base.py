@@ -137,7 +137,8 @@ def test_a_bf16_patient_reads_bf16_adapter_weights_and_matches_peft(tmp_path):
         torch.testing.assert_close(za.float(), zb.float(), rtol=2e-2, atol=2e-2)
     assert not torch.equal(a[0][1], a[0][0])  # the doctor's lane differs from the patient's
     (_, built), = shared_base._BUILT[patient]
-    assert built.projections and all(w.dtype == torch.bfloat16 for p in built.projections for w in (*p.shrink, *p.expand))
+    weights = [w for projection in built.projections for w in (*projection.shrink, *projection.expand)]
+    assert weights and all(w.dtype == torch.bfloat16 for w in weights)
 
 
 def test_the_patient_and_the_doctors_own_forwards_are_not_called(tmp_path):

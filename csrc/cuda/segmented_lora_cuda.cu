@@ -1,4 +1,5 @@
-// CUDA glue for segmented_lora_ and linear_segmented_lora: the ATen path (two cuBLAS matmuls per segment, on the current stream).
+// CUDA glue for segmented_lora_ and linear_segmented_lora: the ATen path (two cuBLAS matmuls per segment, on the
+// current stream).
 // A fused BGMV kernel (one launch for every segment) is the next step once a GPU has measured this one.
 #include <ATen/ATen.h>
 #include <torch/library.h>

@@ -358,7 +358,8 @@ def segmented_lora_(y: torch.Tensor, x: torch.Tensor, shrink: Sequence[torch.Ten
                     scales: Sequence[float], segments: Sequence[int], rows: int) -> torch.Tensor:
     """In place on y [N, out]: the rows of segment segments[i] (each segment `rows` rows of the stacked batch)
     gain scales[i] * (x @ shrink[i].T) @ expand[i], with shrink [rank, in] and expand [rank, out] (peft's lora_A
-    and lora_B.T) both float32 or, for bfloat16 x and y, both bfloat16; the sums are float32. One call per projection for every adapter (see shared_base). Returns y."""
+    and lora_B.T) both float32 or, for bfloat16 x and y, both bfloat16; the sums are float32. One call per
+    projection for every adapter (see shared_base). Returns y."""
     torch.ops.fastdoctor.segmented_lora_(y, x, list(shrink), list(expand), [float(s) for s in scales],
                                          [int(s) for s in segments], int(rows))
     return y
