@@ -130,13 +130,7 @@ def time_calls(fn: Callable[[], object], reps: int, device: str, *, warmup: bool
     if warmup:
         fn()
         synchronize(device)
-    samples = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        fn()
-        synchronize(device)
-        samples.append(time.perf_counter() - started)
-    return Timing.of(samples)
+    return time_interleaved({"fn": fn}, reps, device)["fn"]
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], reps: int, device: str) -> dict[str, Timing]:

@@ -31,23 +31,20 @@ constexpr int64_t kColumns = 256;           // output columns per expand chunk (
 constexpr int64_t kParallelWork = 1 << 18;  // multiply-adds below which one thread adds a BLAS segment's delta
 constexpr int64_t kParallelMin = 1 << 13;   // multiply-adds below which the loops run on one thread
 
-// t [rows, rank] = x_rows @ shrink^T, four ranks at a time per row. W: float, or uint16_t for bf16 bits.
+// t [rank] = x_row @ shrink^T, four ranks at a time. W: float, or uint16_t for bf16 bits.
 template <typename W>
-__attribute__((always_inline)) inline void shrink_rows(const float* x, const W* a, int64_t in, int64_t rank,
-                                                       int64_t rows, float* t) {
-  for (int64_t r = 0; r < rows; ++r) {
-    int64_t j = 0;
-    for (; j + 4 <= rank; j += 4) lora_shrink_block<1, 4>(x + r * in, a, in, rank, j, t + r * rank);
-    for (; j < rank; ++j) lora_shrink_block<1, 1>(x + r * in, a, in, rank, j, t + r * rank);
-  }
+__attribute__((always_inline)) inline void shrink_row(const float* x, const W* a, int64_t in, int64_t rank, float* t) {
+  int64_t j = 0;
+  for (; j + 4 <= rank; j += 4) lora_shrink_block<1, 4>(x, a, in, rank, j, t);
+  for (; j < rank; ++j) lora_shrink_block<1, 1>(x, a, in, rank, j, t);
 }
 
 // One overload per weight type, each with its own vector clones (target_clones does not apply to templates).
-FD_VECTOR_CLONES void shrink(const float* x, const float* a, int64_t in, int64_t rank, int64_t rows, float* t) {
-  shrink_rows(x, a, in, rank, rows, t);
+FD_VECTOR_CLONES void shrink(const float* x, const float* a, int64_t in, int64_t rank, float* t) {
+  shrink_row(x, a, in, rank, t);
 }
-FD_VECTOR_CLONES void shrink(const float* x, const uint16_t* a, int64_t in, int64_t rank, int64_t rows, float* t) {
-  shrink_rows(x, a, in, rank, rows, t);
+FD_VECTOR_CLONES void shrink(const float* x, const uint16_t* a, int64_t in, int64_t rank, float* t) {
+  shrink_row(x, a, in, rank, t);
 }
 FD_VECTOR_CLONES void expand(const float* t, const float* b, int64_t rank, int64_t out, int64_t begin, int64_t end,
                              float* acc) {
@@ -140,7 +137,7 @@ void lora_row(const In* x_row, const W* a, const W* b, In* y_row, int64_t in, in
     row_f = xf.data();
   }
   t.assign(rank, 0.0f);
-  shrink(row_f, a, in, rank, 1, t.data());
+  shrink(row_f, a, in, rank, t.data());
   float acc[kColumns];
   for (int64_t o0 = 0; o0 < out; o0 += kColumns) {
     const int64_t o1 = o0 + kColumns < out ? o0 + kColumns : out;

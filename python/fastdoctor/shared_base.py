@@ -27,7 +27,7 @@ class StackedLoRA:
     (ops.segmented_lora_) for every adapter. Mirrors peft's unmerged LoRA forward (a float32 delta, scaled,
     then added), so a segment's output equals that doctor's own peft forward within float32 rounding.
 
-    The kernel reads the adapter weights in `weight_dtype`: float32, or bfloat16 for a bfloat16 copy. A decode
+    The kernel reads the adapter weights in `weight_dtype`: bfloat16 for a bfloat16 module, else float32. A decode
     step is memory-bound, and float32 LoRA weights of two rank-8 doctors on every projection are 7% of the bytes
     of the bf16 patient's own weights; bf16 halves that (punica and vLLM keep LoRA weights in the model's dtype).
     It is exact for adapters saved in bf16 (the bundled doctors); others are rounded once to bf16, as the base
@@ -40,14 +40,13 @@ class StackedLoRA:
     forward, then segmented_lora_. The stacked batch is `segment_count` equal segments, so each call reads its
     rows per segment off x: concurrent calls with different batch sizes share one copy."""
 
-    def __init__(self, module: nn.Module, deltas: dict[int, LoraDelta], segment_count: int,
-                 weight_dtype: torch.dtype = torch.float32):
+    def __init__(self, module: nn.Module, deltas: dict[int, LoraDelta], segment_count: int):
         self.base_forward = module.forward
         self.segments = sorted(deltas)
         self.sources = [deltas[s] for s in self.segments]
         self.scales = [d.scale for d in self.sources]
         self.segment_count = segment_count
-        self.weight_dtype = weight_dtype
+        self.weight_dtype = torch.bfloat16 if module.weight.dtype == torch.bfloat16 else torch.float32
         self.shrink: list[torch.Tensor] = []
         self.expand: list[torch.Tensor] = []
         self.refresh()
@@ -90,8 +89,7 @@ class SharedBase:
         for name in sorted({name for per_doctor in deltas for name in per_doctor}):
             per_segment = {k + 1: per_doctor[name] for k, per_doctor in enumerate(deltas) if name in per_doctor}
             module = self.model.get_submodule(name)
-            weight_dtype = torch.bfloat16 if module.weight.dtype == torch.bfloat16 else torch.float32
-            stacked = StackedLoRA(module, per_segment, 1 + len(deltas), weight_dtype)
+            stacked = StackedLoRA(module, per_segment, 1 + len(deltas))
             module.forward = stacked.forward_of(module)  # an instance attribute: only this copy's module changes
             self.projections.append(stacked)
 
