@@ -77,26 +77,23 @@ def train_models(patient, tokenizer, root: pathlib.Path, budget: Budget, dimensi
                          warmup_steps=max(budget.steps // 10, 1), log_every=8, checkpoint_every=8, seed=budget.seed)
     folders = {"tfpo": bundled_doctor(dimension), "genarm": root / f"genarm_{dimension}" / "doctor",
                "dpo": root / f"dpo_{dimension}"}
-    need_examples = not (folders["genarm"] / "doctor.json").exists()
-    if need_examples:
-        rewards_path = root / f"rewards_{dimension}.safetensors"
-        if not rewards_path.exists():
-            _say(f"{dimension}: stage-1 rewards for {len(pairs)} pairs (GenARM trains on the same token ids)")
-            acquire_rewards(patient, tokenizer, pairs, rewards_path, RewardSettings(faces=FACES[dimension]),
-                            patient_name="default")
-        examples = recipes.scored_examples(rewards_path, tokenizer, patient)
+    if not (folders["genarm"] / "doctor.json").exists():
         _say(f"{dimension}: GenARM ARM, {budget.steps} steps of {budget.batch_size} pairs")
         lm = recipes.build_lm(patient, recipes.DoctorInit(kind="full"), seed=budget.seed)
+        examples = recipes.token_pairs(tokenizer, pairs, patient)  # ids only: the ARM's loss reads no rewards
         recipes.train_genarm(lm, tokenizer, examples, root / f"genarm_{dimension}", config, beta_r=budget.beta_r)
     if not (folders["dpo"] / "adapter" / "adapter_config.json").exists():
         _say(f"{dimension}: DPO (TRL), {budget.steps} steps of {budget.batch_size} pairs")
         dpo.train_dpo(patient, tokenizer, pairs, folders["dpo"],
                       dpo.DPOSettings(steps=budget.steps, batch_size=budget.batch_size, lr=budget.lr,
                                       warmup_steps=max(budget.steps // 10, 1), seed=budget.seed))
-    if quick:  # a throwaway TFPO doctor, so the smoke run exercises the training path too
+    if quick:  # a throwaway TFPO doctor, so the smoke run exercises stage 1 and the training path too
         from fastdoctor.llmdoctor.recipes import DoctorInit, build_lm, train_tfpo
 
-        examples = recipes.scored_examples(root / f"rewards_{dimension}.safetensors", tokenizer, patient)
+        rewards_path = root / f"rewards_{dimension}.safetensors"
+        acquire_rewards(patient, tokenizer, pairs, rewards_path, RewardSettings(faces=FACES[dimension]),
+                        patient_name="default")
+        examples = recipes.scored_examples(rewards_path, tokenizer, patient)
         train_tfpo(build_lm(patient, DoctorInit(kind="full")), tokenizer, examples, root / f"tfpo_{dimension}", config)
         folders["tfpo"] = root / f"tfpo_{dimension}" / "doctor"
     return folders

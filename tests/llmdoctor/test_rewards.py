@@ -127,3 +127,27 @@ def test_bad_input(patient, tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         rewards.load_rewards(tmp_path / "junk.safetensors")
+
+
+def test_token_pairs_are_the_rewards_files_ids(patient, tmp_path):
+    """GenARM trains on recipes.token_pairs, which skips stage 1: the ids must be the ones a rewards file holds,
+    cut-off replies (no end-of-turn token) included."""
+    from fastdoctor.llmdoctor import recipes, tfpo
+
+    model, tokenizer = patient
+    concision = data.bundled_preferences("train", "concision")
+    unfinished = [p for p in concision if not (p.extra.get("chosen_finished", True)
+                                               and p.extra.get("rejected_finished", True))]
+    pairs = PAIRS + concision[:2] + unfinished[:2]
+    assert unfinished, "the concision set should hold cut-off replies"
+    rewards.acquire_rewards(model, tokenizer, pairs, tmp_path / "r.safetensors")
+    stored = tfpo.examples_from_rewards(rewards.load_rewards(tmp_path / "r.safetensors")[0])
+    ids = recipes.token_pairs(tokenizer, pairs, model)
+    assert len(ids) == len(stored) == len(pairs)
+    for a, b in zip(ids, stored):
+        for name in ("prompt", "chosen", "rejected"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert any(int(p.chosen[-1]) != tokenizer.eos_token_id or int(p.rejected[-1]) != tokenizer.eos_token_id
+               for p in ids[-2:])
+    with pytest.raises(ValueError, match="no pairs"):
+        recipes.token_pairs(tokenizer, [], model)

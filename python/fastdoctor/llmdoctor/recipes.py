@@ -18,7 +18,7 @@ from .. import genarm
 from ..files import recover_directory, write_json
 from ..lora import attach_lora
 from ..models import logits_width, make_doctor
-from ..tokens import pad_id, vocab_fingerprint
+from ..tokens import chat_ids, pad_id, reply_finished, split_response, vocab_fingerprint
 from ..train import TrainConfig, train
 from . import distill, tfpo
 from .doctor import Doctor, save_doctor
@@ -77,6 +77,35 @@ def scored_examples(rewards_path: str | os.PathLike, tokenizer, patient) -> list
         raise ValueError(f"{rewards_path}: token id {largest} is outside the patient's vocabulary of "
                          f"{logits_width(patient)}; the rewards file belongs to another tokenizer")
     return examples
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenPair:
+    """One preference pair as token ids: the plain chat prompt, and each reply through its end-of-turn token
+    (without it when the reply was cut off), exactly as a stage-1 rewards file stores them."""
+
+    prompt: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+
+def token_pairs(tokenizer, pairs, patient) -> list[TokenPair]:
+    """The pairs as the token ids that stage 1 would store for them (rewards.score_pair's split), without
+    scoring them: GenARM's loss needs ids only, and stage 1 is two face forwards over every pair."""
+    limit = getattr(patient.config, "max_position_embeddings", None)
+    out = []
+    for index, pair in enumerate(pairs):
+        user = [{"role": "user", "content": pair.prompt}]
+        prompt = chat_ids(tokenizer, user)
+        replies = [split_response(tokenizer, user, getattr(pair, which), index, which,
+                                  finished=reply_finished(pair, which))[1] for which in ("chosen", "rejected")]
+        if limit is not None and len(prompt) + max(map(len, replies)) > limit:
+            raise ValueError(f"pair {index}: prompt + reply is {len(prompt) + max(map(len, replies))} tokens, more "
+                             f"than the patient's context of {limit}")
+        out.append(TokenPair(*(torch.tensor(ids, dtype=torch.int64) for ids in (prompt, *replies))))
+    if not out:
+        raise ValueError("token_pairs: no pairs")
+    return out
 
 
 def distill_small(patient, tokenizer, sequences, out: pathlib.Path, init: DoctorInit, config: TrainConfig,
