@@ -3,8 +3,8 @@
 // SmolLM2-135M's projections). Each (adapter, row) is one task of a single parallel region: the task converts
 // its row to float, runs four rank dot products at once in independent lanes, then the expand and the add, with
 // AVX-512/AVX2 clones of the float loops (vector_math.h). The weights are float32, or bf16 bits for bf16
-// activations (half the bytes a memory-bound decode step streams). Segments of 17+ rows (prefill) take ATen's
-// addmm (float32) or BLAS on their float-converted rows (16-bit).
+// activations (half the bytes a memory-bound decode step streams). Float32 segments of 17+ rows (prefill) take
+// ATen's addmm; 16-bit segments of any size stay in the loops.
 // Checked against reference.segmented_lora in tests/test_segmented_lora.py.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,14 +22,15 @@
 namespace fastdoctor {
 namespace {
 
-// Segments up to this many rows run the loops. BLAS on them pays two GEMM calls per adapter and projection (and
-// for 16-bit activations a float copy of the rows and weights): measured on SmolLM2-135M's projections with two
-// adapters of 8 rows each, fp32 22-24 us through ATen against 10-17 us in the loops, bf16 47 us a projection
-// through BLAS at 8 rows.
+// Float32 segments up to this many rows run the loops; longer ones (prefill) take ATen's addmm. BLAS on a few
+// rows pays two GEMM calls per adapter and projection: measured on SmolLM2-135M's projections with two adapters of
+// 8 rows each, fp32 22-24 us through ATen against 10-17 us in the loops. 16-bit segments stay in the loops at any
+// size: BLAS on them also needs float copies of the rows and weights and a float [rows, out] delta to add back
+// (bf16 47 us a projection at 8 rows; a bf16 prefill of 8 x 51 rows with one doctor cost 81 ms over the patient's
+// own stacked prefill that way, 57 ms in the loops).
 constexpr int64_t kLoopRows = 16;
-constexpr int64_t kColumns = 256;           // output columns per expand chunk (its sums stay in L1)
-constexpr int64_t kParallelWork = 1 << 18;  // multiply-adds below which one thread adds a BLAS segment's delta
-constexpr int64_t kParallelMin = 1 << 13;   // multiply-adds below which the loops run on one thread
+constexpr int64_t kColumns = 256;          // output columns per expand chunk (its sums stay in L1)
+constexpr int64_t kParallelMin = 1 << 13;  // multiply-adds below which the loops run on one thread
 
 // t [rank] = x_row @ shrink^T, four ranks at a time. W: float, or uint16_t for bf16 bits.
 template <typename W>
@@ -81,37 +82,6 @@ void add_scaled(const float* acc, int64_t n, float scale, In* y) {
   }
 }
 
-// Rows [first, first + rows) of the 16-bit x [M, in] as float32 into xf.
-void rows_as_float(const at::Tensor& x, int64_t first, int64_t rows, float* xf) {
-  const int64_t in = x.size(1);
-  const ScalarKind kind = scalar_kind_of(x, 0);  // dtype already checked
-  for (int64_t r = 0; r < rows; ++r)
-    load_row_as_float(static_cast<const char*>(x.data_ptr()) + (first + r) * in * x.element_size(), kind,
-                      xf + r * in, in);
-}
-
-// 16-bit activations, segments of more than kLoopRows rows (prefill): the rows converted to float once, both
-// products through BLAS on those float rows, then one vectorised add back. ATen's own path converts x and y
-// per call and made a bf16 prefill of 16 x 51 rows take 1.4 s instead of 0.26 s.
-template <typename In>
-void segmented_lora_blas16(at::Tensor& y, const at::Tensor& x, at::TensorList shrinks, at::TensorList expands,
-                           at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
-  const int64_t in = x.size(1), out = y.size(1);
-  In* ys = y.data_ptr<In>();
-  std::vector<float> xf(rows * in);
-  for (size_t i = 0; i < shrinks.size(); ++i) {
-    const int64_t first = segments[i] * rows;
-    rows_as_float(x, first, rows, xf.data());
-    const at::Tensor rows_f = at::from_blob(xf.data(), {rows, in}, x.options().dtype(at::kFloat));
-    const at::Tensor delta = at::mm(at::mm(rows_f, shrinks[i].to(at::kFloat).t()), expands[i].to(at::kFloat));
-    const float* d = delta.data_ptr<float>();
-    const float scale = static_cast<float>(scales[i]);
-    at::parallel_for(0, rows, rows * out < kParallelWork ? rows : 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) add_scaled(d + r * out, out, scale, ys + (first + r) * out);
-    });
-  }
-}
-
 // In the model the adapter weights are cold at every call (the base weights streamed in between evict them), and
 // each is a few kB: asking for every line up front keeps many loads in flight instead of one stream's worth.
 inline void prefetch_bytes(const void* data, int64_t bytes) {
@@ -146,10 +116,10 @@ void lora_row(const In* x_row, const W* a, const W* b, In* y_row, int64_t in, in
   }
 }
 
-// Decode segments: one parallel region over (adapter, row) tasks, so two doctors at B = 1 put one adapter on
-// each thread. In the model the base projection has just run on every thread, so the region starts on threads
-// that are still spinning. One task alone (one doctor at B = 1) stays on this thread: splitting its columns
-// between the threads measured slower.
+// One parallel region over (adapter, row) tasks, so two doctors at B = 1 put one adapter on each thread. In the
+// model the base projection has just run on every thread, so the region starts on threads that are still
+// spinning. One task alone (one doctor at B = 1) stays on this thread: splitting its columns between the threads
+// measured slower.
 template <typename In>
 void segmented_lora_loops(at::Tensor& y, const at::Tensor& x, at::TensorList shrinks, at::TensorList expands,
                           at::ArrayRef<double> scales, at::IntArrayRef segments, int64_t rows) {
@@ -183,14 +153,6 @@ void segmented_lora_cpu(at::Tensor y_in, const at::Tensor& x_in, at::TensorList 
   if (rows == 0 || shrink.empty()) return;
   if (x.scalar_type() == at::kFloat && rows > kLoopRows) {
     segmented_lora_aten(y, x, shrink, expand, scales, segments, rows);
-    return;
-  }
-  if (rows > kLoopRows) {
-    if (x.scalar_type() == at::kBFloat16) {
-      segmented_lora_blas16<c10::BFloat16>(y, x, shrink, expand, scales, segments, rows);
-    } else {
-      segmented_lora_blas16<c10::Half>(y, x, shrink, expand, scales, segments, rows);
-    }
     return;
   }
   switch (x.scalar_type()) {
