@@ -101,7 +101,7 @@ def test_quickstart_prints_cached_results_without_recomputing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| doctor | 0.250 ± 0.050 | 0.60 |" in out and "prompt:  p" in out
     assert settings.digest() != quickstart.QuickstartSettings(strength=2.0).digest()
-    default = quickstart.QuickstartSettings()  # the fronts' convention: g = 1 is alpha = beta = 1/2
-    assert (default.alpha, default.beta) == (0.5, 0.5) and quickstart.QuickstartSettings(strength=3.0).beta == 0.75
+    default = quickstart.QuickstartSettings()  # the fronts' convention: g = 4 is alpha = 1/5, beta = 4/5
+    assert (default.alpha, default.beta) == (0.2, 0.8) and quickstart.QuickstartSettings(strength=1.0).beta == 0.5
     assert settings.resolved().dtype in ("float32", "bfloat16")
     assert quickstart.QuickstartSettings(dtype="float32").digest() != quickstart.QuickstartSettings(dtype="bfloat16").digest()

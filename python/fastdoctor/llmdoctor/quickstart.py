@@ -37,10 +37,10 @@ class QuickstartSettings:
     value_ramp: bool = True  # the fitted position ramp in log V (doctor.Doctor); part of the cache key
     distill_steps: int = 60
     # The doctor's guidance strength g under the fronts' convention (fastdoctor.fronts): alpha = 1 / (1 + g),
-    # beta = g / (1 + g). g = 1 is the point of the positivity front (bench/results/fronts_cpu.md) with the best
-    # reward whose distinct-2 stays within 0.05 of the patient's; raw alpha = beta = 1 looped ("I'm not sure
-    # what to say. ...", distinct-2 0.43 against the patient's 0.71).
-    strength: float = 1.0
+    # beta = g / (1 + g). g = 4 is the point of the positivity front (bench/results/fronts_cpu.md) with the best
+    # reward whose distinct-2 stays within 0.05 of the patient's; raw alpha = beta = 1 at temperature 1 looped
+    # ("I'm not sure what to say. ...", distinct-2 0.43 against the patient's 0.71).
+    strength: float = 4.0
     samples: int = 2
     max_new_tokens: int = 48
     top_p: float = 0.9
