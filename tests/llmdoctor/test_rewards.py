@@ -151,3 +151,6 @@ def test_token_pairs_are_the_rewards_files_ids(patient, tmp_path):
                for p in ids[-2:])
     with pytest.raises(ValueError, match="no pairs"):
         recipes.token_pairs(tokenizer, [], model)
+    too_long = PreferencePair("Hi.", "word " * 400, "No.")  # the tiny model's context is 256 positions
+    with pytest.raises(ValueError, match="pair 0: prompt \\+ reply is .* the patient's context of 256"):
+        recipes.token_pairs(tokenizer, [too_long], model)
