@@ -10,7 +10,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -162,23 +161,11 @@ void segmented_lora_cpu(at::Tensor y_in, const at::Tensor& x_in, at::TensorList 
   }
 }
 
-// The stacked copy's nn.Linear forward: one op call per projection instead of the module's Python forward plus a
-// second op call (210 projections a step; about 2 us of Python and dispatch each).
-at::Tensor linear_segmented_lora_cpu(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                     at::TensorList shrink, at::TensorList expand, at::ArrayRef<double> scales,
-                                     at::IntArrayRef segments, int64_t segment_count, const at::Tensor& x) {
-  const int64_t rows = rows_per_segment(x, segment_count);
-  const at::Tensor xc = x.contiguous();  // torch 2.13's CPU linear is slow on a non-contiguous 3-D input
-  at::Tensor y = at::linear(xc, weight, bias);
-  segmented_lora_cpu(y, xc, shrink, expand, scales, segments, rows);
-  return y;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdoctor, CPU, m) {
   m.impl("segmented_lora_", &segmented_lora_cpu);
-  m.impl("linear_segmented_lora", &linear_segmented_lora_cpu);
+  m.impl("linear_segmented_lora", &linear_segmented_lora<segmented_lora_cpu>);
 }
 
 }  // namespace fastdoctor

@@ -4,8 +4,6 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include <optional>
-
 #include "../common/segmented_lora_args.h"
 
 namespace fastdoctor {
@@ -19,21 +17,11 @@ void segmented_lora_cuda(at::Tensor y_in, const at::Tensor& x_in, at::TensorList
   segmented_lora_aten(y, x, shrink, expand, scales, segments, rows);
 }
 
-at::Tensor linear_segmented_lora_cuda(const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                      at::TensorList shrink, at::TensorList expand, at::ArrayRef<double> scales,
-                                      at::IntArrayRef segments, int64_t segment_count, const at::Tensor& x) {
-  const int64_t rows = rows_per_segment(x, segment_count);
-  const at::Tensor xc = x.contiguous();
-  at::Tensor y = at::linear(xc, weight, bias);
-  segmented_lora_cuda(y, xc, shrink, expand, scales, segments, rows);
-  return y;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastdoctor, CUDA, m) {
   m.impl("segmented_lora_", &segmented_lora_cuda);
-  m.impl("linear_segmented_lora", &linear_segmented_lora_cuda);
+  m.impl("linear_segmented_lora", &linear_segmented_lora<segmented_lora_cuda>);
 }
 
 }  // namespace fastdoctor

@@ -99,9 +99,10 @@ def token_pairs(tokenizer, pairs, patient) -> list[TokenPair]:
         prompt = chat_ids(tokenizer, user)
         replies = [split_response(tokenizer, user, getattr(pair, which), index, which,
                                   finished=reply_finished(pair, which))[1] for which in ("chosen", "rejected")]
-        if limit is not None and len(prompt) + max(map(len, replies)) > limit:
-            raise ValueError(f"pair {index}: prompt + reply is {len(prompt) + max(map(len, replies))} tokens, more "
-                             f"than the patient's context of {limit}")
+        longest = len(prompt) + max(map(len, replies))
+        if limit is not None and longest > limit:
+            raise ValueError(f"pair {index}: prompt + reply is {longest} tokens, more than the patient's context of "
+                             f"{limit}")
         out.append(TokenPair(*(torch.tensor(ids, dtype=torch.int64) for ids in (prompt, *replies))))
     if not out:
         raise ValueError("token_pairs: no pairs")
