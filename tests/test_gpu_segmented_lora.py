@@ -24,3 +24,22 @@ def test_cuda_matches_reference(dtype, weight_dtype, rows):
     got = ops.segmented_lora_(y.clone(), x, shrink, expand, scales, segments, rows)
     torch.testing.assert_close(got.float().cpu(), expected.float(), **TOLERANCE[dtype])
     assert torch.equal(got[:rows], y[:rows])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_linear_segmented_lora_and_its_bound_form_match_reference(dtype):
+    """The stacked copy's nn.Linear forward on CUDA: the op (compiled decode) and shared_base's eager C++-bound form."""
+    from fastdoctor import _C
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3 * 2, 1, 77, generator=g).to(dtype)
+    weight, bias = torch.randn(300, 77, generator=g).to(dtype), torch.randn(300, generator=g).to(dtype)
+    shrink = [torch.randn(r, 77, generator=g).to(dtype) for r in (8, 4)]
+    expand = [(torch.randn(r, 300, generator=g) * 0.1).to(dtype) for r in (8, 4)]
+    expected = reference.linear_segmented_lora(x, weight, bias, shrink, expand, [0.5, 2.0], [1, 2], 3)
+    on = [t.cuda() for t in (x, weight, bias)]
+    shrink_c, expand_c = [a.cuda() for a in shrink], [b.cuda() for b in expand]
+    got = ops.linear_segmented_lora(on[0], on[1], on[2], shrink_c, expand_c, [0.5, 2.0], [1, 2], 3)
+    bound = _C.BoundLinearSegmentedLora(on[1], on[2], shrink_c, expand_c, [0.5, 2.0], [1, 2], 3)(on[0])
+    torch.testing.assert_close(got.float().cpu(), expected.float(), **TOLERANCE[dtype])
+    assert torch.equal(bound, got)

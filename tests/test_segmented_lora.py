@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastdoctor import ops, reference
+from fastdoctor import _C, ops, reference
 
 TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.bfloat16: dict(rtol=1e-2, atol=1e-4),
              torch.float16: dict(rtol=2e-3, atol=1e-4)}  # one rounding of the sum to the activations' dtype
@@ -103,6 +103,33 @@ def test_linear_segmented_lora_matches_reference(dtype, weight_dtype, rows, toke
     assert got.shape == (3 * rows, tokens, 300) and got.dtype == dtype
     torch.testing.assert_close(got.float(), expected.float(), **TOLERANCE[dtype])
     assert torch.equal(got[:rows], torch.nn.functional.linear(x, weight, b)[:rows])  # the patient's segment: no delta
+    bound = _C.BoundLinearSegmentedLora(weight, b, shrink, expand, [0.5, 2.0], [1, 2], 3)  # shared_base's eager forward
+    assert torch.equal(bound(x), got)
+
+
+def test_the_bound_op_reads_its_tensors_as_they_are_at_each_call():
+    """shared_base binds the adapter weights once and refreshes them in place after training."""
+    g = torch.Generator().manual_seed(2)
+    x, weight = torch.randn(2, 1, 16, generator=g), torch.randn(12, 16, generator=g)
+    shrink, expand = [torch.randn(4, 16, generator=g)], [torch.randn(4, 12, generator=g)]
+    bound = _C.BoundLinearSegmentedLora(weight, None, shrink, expand, [1.0], [1], 2)
+    first = bound(x)
+    expand[0].mul_(3.0)
+    weight.add_(1.0)
+    torch.testing.assert_close(bound(x), reference.linear_segmented_lora(x, weight, None, shrink, expand, [1.0], [1], 2))
+    assert not torch.equal(bound(x), first)
+
+
+def test_the_bound_op_names_bad_arguments():
+    x, weight = torch.randn(4, 1, 8), torch.randn(6, 8)
+    bound = _C.BoundLinearSegmentedLora(weight, None, [torch.randn(2, 8)], [torch.randn(2, 6)], [1.0], [1], 3)
+    with pytest.raises(RuntimeError, match="a multiple of segment_count = 3"):
+        bound(x)
+    with pytest.raises(RuntimeError, match="expected shrink \\[rank, 8\\]"):
+        _C.BoundLinearSegmentedLora(weight, None, [torch.randn(2, 7)], [torch.randn(2, 6)], [1.0], [1], 2)(
+            torch.randn(2, 1, 8))
+    with pytest.raises(TypeError):  # pybind11 names the expected signature
+        _C.BoundLinearSegmentedLora(weight, None, torch.randn(2, 8), [torch.randn(2, 6)], [1.0], [1], 2)
 
 
 def test_linear_segmented_lora_needs_whole_segments():

@@ -261,3 +261,25 @@ def test_the_compiled_decode_step_runs_the_stacked_forward(tmp_path):
         eager = fastdoctor.generate(patient, ids, doctors=[shared], **kwargs, **sampling)
         reference = fastdoctor.generate(patient, ids, doctors=[separate], **kwargs, **sampling)
         assert torch.equal(compiled, eager) and torch.equal(again, eager) and torch.equal(eager, reference)
+
+
+def test_each_mode_installs_a_forward_it_can_run(tmp_path):
+    """Eager decode gets the C++-bound projection forward; a compiled decode step gets the op, which dynamo traces
+    whole (fullgraph: a graph break per projection would silently run 200 small graphs). Both give one result,
+    and switching back and forth leaves the patient's own modules alone."""
+    from fastdoctor import _C
+    from fastdoctor.shared_base import shared_base_for
+
+    patient = tiny_model("llama", seed=0)
+    shared = adapters.load_adapter_lm(random_adapter(patient, tmp_path / "a", seed=1), patient)
+    stacked = shared_base_for(patient, [shared], [adapters.lora_deltas(shared, patient)])
+    module, _ = stacked.forwards[0]
+    x = torch.randn(2, 1, module.in_features)
+    with torch.inference_mode():
+        stacked.prepare(compiled=False)
+        assert isinstance(module.forward, _C.BoundLinearSegmentedLora)
+        eager = module(x)
+        stacked.prepare(compiled=True)
+        traced = torch.compile(module.forward, fullgraph=True, dynamic=False)(x)
+    assert torch.equal(eager, traced)
+    assert all("forward" not in vars(m) for m in patient.modules())

@@ -195,7 +195,7 @@ def _lanes(patient, doctors: list, compiled: bool) -> list[_Lane]:
     adapters = [i for i, d in enumerate(deltas) if d is not None]
     if adapters:
         stacked = shared_base_for(patient, [doctors[i] for i in adapters], [deltas[i] for i in adapters])
-        stacked.prepare()
+        stacked.prepare(compiled)
         lanes = [_Lane(stacked.model, [0] + [i + 1 for i in adapters], compiled)]
     else:
         lanes = [_Lane(patient, [0], compiled)]

@@ -18,6 +18,7 @@ import weakref
 import torch
 from torch import nn
 
+from . import _C
 from .adapters import LoraDelta, weight_sharing_copy
 
 
@@ -35,10 +36,13 @@ class StackedLoRA:
 
     It is installed as the copy's module's own `forward` rather than as a wrapper module: this runs once per
     projection per step, and a module call of its own cost about 12% of the LoRA time at B = 1. For an
-    nn.Linear that forward is the fused op linear_segmented_lora with everything but x bound by
-    functools.partial, so no Python frame runs per projection; other modules (GPT-2's Conv1D) call the base
-    forward, then segmented_lora_. The stacked batch is `segment_count` equal segments, so each call reads its
-    rows per segment off x: concurrent calls with different batch sizes share one copy."""
+    nn.Linear that forward is the fused op linear_segmented_lora with everything but x bound, so no Python frame
+    runs per projection. Eagerly it is bound in C++ (_C.BoundLinearSegmentedLora: the lists are converted once,
+    each call is one typed dispatcher call; through torch.ops the op parsed its four lists on every call, 2-3 us
+    of a ~26 us bf16 projection); for torch.compile it is the op with functools.partial, which dynamo traces.
+    Other modules (GPT-2's Conv1D) call the base forward, then segmented_lora_. The stacked batch is
+    `segment_count` equal segments, so each call reads its rows per segment off x: concurrent calls with
+    different batch sizes share one copy."""
 
     def __init__(self, module: nn.Module, deltas: dict[int, LoraDelta], segment_count: int):
         self.base_forward = module.forward
@@ -71,12 +75,15 @@ class StackedLoRA:
                                              x.shape[0] // self.segment_count)  # the op itself: no Python wrapper
         return y
 
-    def forward_of(self, module: nn.Module):
-        """The callable to install as `module.forward`. The lists are bound once: refresh() updates them in place."""
+    def forwards_of(self, module: nn.Module) -> tuple:
+        """The callables to install as `module.forward`: (eager, traceable by torch.compile). The tensors are bound
+        once: refresh() updates them in place."""
         if type(module) is nn.Linear:
-            return functools.partial(torch.ops.fastdoctor.linear_segmented_lora.default, module.weight, module.bias,
-                                     self.shrink, self.expand, self.scales, self.segments, self.segment_count)
-        return self
+            args = (module.weight, module.bias, self.shrink, self.expand, self.scales, self.segments,
+                    self.segment_count)
+            return (_C.BoundLinearSegmentedLora(*args),
+                    functools.partial(torch.ops.fastdoctor.linear_segmented_lora.default, *args))
+        return self, self
 
 
 class SharedBase:
@@ -86,17 +93,23 @@ class SharedBase:
     def __init__(self, patient: nn.Module, deltas: list[dict[str, LoraDelta]]):
         self.model = weight_sharing_copy(patient).eval()
         self.projections: list[StackedLoRA] = []
+        self.forwards: list[tuple[nn.Module, tuple]] = []  # (module, (eager forward, traceable forward))
         for name in sorted({name for per_doctor in deltas for name in per_doctor}):
             per_segment = {k + 1: per_doctor[name] for k, per_doctor in enumerate(deltas) if name in per_doctor}
             module = self.model.get_submodule(name)
             stacked = StackedLoRA(module, per_segment, 1 + len(deltas))
-            module.forward = stacked.forward_of(module)  # an instance attribute: only this copy's module changes
+            self.forwards.append((module, stacked.forwards_of(module)))
             self.projections.append(stacked)
+        self.prepare(compiled=False)
 
-    def prepare(self) -> None:
-        """Before a generate call: the doctors' current LoRA weights."""
+    def prepare(self, compiled: bool) -> None:
+        """Before a generate call: the doctors' current LoRA weights, and the projections' forwards for an eager or
+        a torch.compile'd decode step (dynamo cannot trace the C++-bound one). Each is an instance attribute of
+        this copy's module: the patient's own modules never change."""
         for projection in self.projections:
             projection.refresh()
+        for module, (eager, traceable) in self.forwards:
+            module.forward = traceable if compiled else eager
 
 
 _BUILT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # patient -> [(doctor weakrefs, SharedBase)]
