@@ -1,4 +1,5 @@
-// fastdoctor._C: op schemas (TORCH_LIBRARY) and build information (pybind11), and nothing else.
+// fastdoctor._C: op schemas (TORCH_LIBRARY) and the pybind11 module (build information, and one op bound for
+// eager calls), and nothing else.
 // Kernels register themselves per backend in csrc/cpu/*.cpp and csrc/cuda/*.cu (TORCH_LIBRARY_IMPL).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <pybind11/pybind11.h>

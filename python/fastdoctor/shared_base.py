@@ -100,16 +100,20 @@ class SharedBase:
             stacked = StackedLoRA(module, per_segment, 1 + len(deltas))
             self.forwards.append((module, stacked.forwards_of(module)))
             self.projections.append(stacked)
-        self.prepare(compiled=False)
+        self.install_forwards(compiled=False)
 
-    def prepare(self, compiled: bool) -> None:
-        """Before a generate call: the doctors' current LoRA weights, and the projections' forwards for an eager or
-        a torch.compile'd decode step (dynamo cannot trace the C++-bound one). Each is an instance attribute of
-        this copy's module: the patient's own modules never change."""
-        for projection in self.projections:
-            projection.refresh()
+    def install_forwards(self, compiled: bool) -> None:
+        """The projections' forwards for an eager or a torch.compile'd decode step (dynamo cannot trace the
+        C++-bound one). Each is an instance attribute of this copy's module: the patient's own modules never
+        change."""
         for module, (eager, traceable) in self.forwards:
             module.forward = traceable if compiled else eager
+
+    def prepare(self, compiled: bool) -> None:
+        """Before a generate call: the doctors' current LoRA weights, and the forwards for its decode step."""
+        for projection in self.projections:
+            projection.refresh()
+        self.install_forwards(compiled)
 
 
 _BUILT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # patient -> [(doctor weakrefs, SharedBase)]
