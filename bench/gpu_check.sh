@@ -30,7 +30,7 @@ esac
 deadline=$((SECONDS + ${GPU_CHECK_BUDGET_S:-470}))
 
 # Every file the steps use, checked before anything runs.
-benches=(bench_mix_sample bench_router_gating bench_token_scoring bench_taro_generate bench_generate bench_shared_base)
+benches=(bench_mix_sample bench_router_gating bench_token_scoring bench_taro_generate bench_generate bench_shared_base bench_shared_base_step)
 gpu_tests=(tests/test_gpu_*.py)  # where the gpu-marked tests live (an unmatched glob stays literal: missing)
 for file in pyproject.toml CMakeLists.txt bench/common.py bench/baselines.py tests/conftest.py "${gpu_tests[@]}" \
             $(printf 'bench/%s.py ' "${benches[@]}"); do
@@ -197,6 +197,7 @@ bench bench_token_scoring 90
 bench bench_taro_generate 90 --model "$model"
 bench bench_generate 240 --model "$model" -- --cases 1x64,8x64
 bench bench_shared_base 90 --model "$model" -- --cases 1x64,8x64
+bench bench_shared_base_step 45 --model "$model" -- --rounds 5
 
 # 4. Summary.
 echo
