@@ -136,3 +136,19 @@ def test_linear_segmented_lora_needs_whole_segments():
     x, weight = torch.randn(4, 1, 8), torch.randn(6, 8)
     with pytest.raises(RuntimeError, match="a multiple of segment_count = 3"):
         ops.linear_segmented_lora(x, weight, None, [torch.randn(2, 8)], [torch.randn(2, 6)], [1.0], [1], 3)
+
+
+@pytest.mark.parametrize("dtype,weight_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                                (torch.float16, torch.float32)])
+def test_row_blocks_give_the_bits_of_single_rows(dtype, weight_dtype):
+    """The loops shrink and expand blocks of 4 rows together (one weight read for the block) and the last
+    rows % 4 alone; each row's sums run in the same order either way, so a row's result is the same to the bit
+    whether it was computed in a block of a 7-row segment or alone (MLP widths: in 576, out 1536)."""
+    ((y, x), shrink, expand), scales, segments = case(7, dtype, ranks=(8, 5), inp=576, out=1536,
+                                                      weight_dtype=weight_dtype)
+    together = ops.segmented_lora_(y.clone(), x, shrink, expand, scales, segments, 7)
+    alone = y.clone()
+    for r in range(7):  # row r of every segment, as a stacked batch of 3 one-row segments
+        rows = [s * 7 + r for s in range(3)]
+        alone[rows] = ops.segmented_lora_(y[rows].clone(), x[rows].contiguous(), shrink, expand, scales, segments, 1)
+    assert torch.equal(together, alone)
