@@ -81,7 +81,8 @@ def main() -> None:
     timing = {name: Timing.of(values) for name, values in samples.items()}
     dtype_label = str(dtype).removeprefix("torch.")
     rows = [{"config": name, "dtype": dtype_label, "batch": args.batch, "doctors": args.doctors, "rounds": rounds,
-             **timing[name].fields("step_ms"), "over_patient_ms": (timing[name].median - timing["patient"].median) * 1e3}
+             **timing[name].fields("step_ms"),
+             "over_patient_ms": (timing[name].median - timing["patient"].median) * 1e3}
             for name in names]
     for row in rows:
         print(f"{row['config']:10s} {row['step_ms']:.2f} ms a step (+{row['over_patient_ms']:.2f} over the patient)")
@@ -89,10 +90,10 @@ def main() -> None:
                     quick=args.quick)
     columns = [("config", "configuration"), ("dtype", "dtype"), ("batch", "B"), ("doctors", "K"), ("rounds", "rounds"),
                Spread("step_ms", "decode step ms min / median / max"), ("over_patient_ms", "over the patient, ms")]
-    write_results(f"shared_base_step_{dtype_label}_b{args.batch}_k{args.doctors}", device, meta, rows, columns, out=args.out, note=(
-        f"Patient: {patient_label} at (1+K)B stacked rows. Each round: a prefill, then the median of {steps} cached "
-        "decode steps; the table gives min / median / max over the rounds (configurations interleaved)."),
-                  title="shared_base_step")
+    note = (f"Patient: {patient_label} at (1+K)B stacked rows. Each round: a prefill, then the median of {steps} "
+            "cached decode steps; the table gives min / median / max over the rounds (configurations interleaved).")
+    write_results(f"shared_base_step_{dtype_label}_b{args.batch}_k{args.doctors}", device, meta, rows, columns,
+                  note=note, out=args.out, title="shared_base_step")
 
 
 if __name__ == "__main__":
