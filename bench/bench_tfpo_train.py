@@ -38,7 +38,7 @@ def main() -> None:
     from fastdoctor.llmdoctor import quickstart, recipes, tfpo
     from fastdoctor.llmdoctor.data import bundled_preferences
     from fastdoctor.llmdoctor.doctor import Doctor
-    from fastdoctor.models import cache_dir, load_model
+    from fastdoctor.models import load_model
     from fastdoctor.llmdoctor.rewards import FACES, RewardSettings, acquire_rewards
 
     transformers.logging.disable_progress_bar()
@@ -50,7 +50,7 @@ def main() -> None:
         path = pathlib.Path(scratch.name) / "rewards.safetensors"
     else:
         path = pathlib.Path(args.rewards) if args.rewards else (
-            cache_dir() / "quickstart" / quickstart.QuickstartSettings().digest() / "rewards.safetensors")
+            quickstart.rewards_cache(quickstart.QuickstartSettings(), "positivity"))
     if not path.exists():
         pairs = bundled_preferences("train")[: 2 if args.quick else None]
         acquire_rewards(patient, tokenizer, pairs, path, RewardSettings(faces=FACES["positivity"]))
@@ -64,13 +64,18 @@ def main() -> None:
                                ("GenARM BT, full-size LoRA", "full", "genarm")):
         lm = recipes.build_lm(patient, recipes.DoctorInit(kind=kind))
         doctor = Doctor(lm).to(device)
-        if method == "tfpo":
-            loss_fn = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=tfpo.TFPOSettings(), device=device)
+        if method == "tfpo":  # the reference flow's log-probs are computed once, before training: not timed here
+            scored = dict(zip(map(id, examples), tfpo.with_reference_log_probs(lm, examples, device=device,
+                                                                               autocast=use_bf16)))
+            steps = [[scored[id(e)] for e in batch] for batch in batches]
+            loss_fn = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=tfpo.TFPOSettings(), device=device,
+                                        eos_id=tokenizer.eos_token_id)
         else:
+            steps = batches
             loss_fn = functools.partial(genarm.arm_batch_loss, lm, device=device)
         optimizer = torch.optim.AdamW([p for p in doctor.parameters() if p.requires_grad], lr=1e-5)
         seconds, tokens = [], []
-        for step, batch in enumerate(batches):
+        for step, batch in enumerate(steps):
             began = time.perf_counter()
             with torch.autocast(device, dtype=torch.bfloat16, enabled=use_bf16):
                 loss, metrics = loss_fn(batch)

@@ -108,7 +108,7 @@ def main() -> None:
     root = pathlib.Path(scratch.name) if scratch else cache_dir() / "quickstart" / settings.digest()
     train_batch = 2 if args.quick else 8
     patient, tokenizer = load_model("default", device=args.device)
-    rewards_path = root / "rewards.safetensors"
+    rewards_path = root / "rewards.safetensors" if scratch else quickstart.rewards_cache(settings, "positivity")
     if not rewards_path.exists():
         acquire_rewards(patient, tokenizer, bundled_preferences("train")[: 2 if args.quick else None], rewards_path,
                         RewardSettings(faces=FACES[settings.faces]), patient_name="default")

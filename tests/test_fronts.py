@@ -33,8 +33,9 @@ def test_the_weight_convention_normalises_to_a_geometric_mean():
     alpha, betas = fronts.normalised_weights([1.0, 2.0])
     assert alpha == pytest.approx(0.25) and betas == pytest.approx([0.25, 0.5])
     assert fronts.normalised_weights([]) == (1.0, [])
-    with pytest.raises(ValueError, match="guidance weights: expected numbers >= 0"):
-        fronts.normalised_weights([-1.0])
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance weights: expected finite numbers >= 0"):
+            fronts.normalised_weights([bad])
     grid = fronts.weight_grid(11)
     assert len(grid) == 11 and grid[0] == (0.0, 1.0) and grid[-1] == (1.0, 0.0) and grid[3] == (0.3, 0.7)
     alpha, betas = fronts.row_weights([(1.0, 0.0), (0.0, 3.0)], rows_per_vector=2)
@@ -42,6 +43,37 @@ def test_the_weight_convention_normalises_to_a_geometric_mean():
     assert betas[0].tolist() == pytest.approx([0.5, 0.5, 0.0, 0.0]) and betas[1].tolist() == pytest.approx([0, 0, 0.75, 0.75])
     with pytest.raises(ValueError, match="every vector needs 2 weights"):
         fronts.row_weights([(1.0, 0.0), (1.0,)], 1)
+
+
+def test_the_advantage_convention_adds_each_doctors_advantage_over_the_patient():
+    """alpha log p + sum beta_i log q_i = log p + sum g_i (log q_i - log p): g = 0 is the patient, g = 1 the
+    doctor itself, and g may exceed 1 (alpha < 0)."""
+    assert fronts.advantage_weights([1.0, 2.0]) == (-2.0, [1.0, 2.0])
+    assert fronts.guidance_weights([0.0], "advantage") == (1.0, [0.0])
+    assert fronts.guidance_weights([1.0], "advantage") == (0.0, [1.0])
+    assert fronts.guidance_weights([3.0], "normalised") == fronts.normalised_weights([3.0])
+    for bad in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="guidance weights: expected finite numbers >= 0"):
+            fronts.advantage_weights([bad])
+    with pytest.raises(ValueError, match="convention: expected one of"):
+        fronts.guidance_weights([1.0], "geometric")
+    alpha, betas = fronts.row_weights([(0.5,), (2.0,)], rows_per_vector=2, convention="advantage")
+    assert alpha.tolist() == [0.5, 0.5, -1.0, -1.0] and betas[0].tolist() == [0.5, 0.5, 2.0, 2.0]
+    g = torch.Generator().manual_seed(0)
+    log_p, log_q = torch.log_softmax(torch.randn(5, generator=g), 0), torch.log_softmax(torch.randn(5, generator=g), 0)
+    a, (b,) = fronts.advantage_weights([2.5])
+    torch.testing.assert_close(a * log_p + b * log_q, log_p + 2.5 * (log_q - log_p))
+
+
+def test_advantage_strength_one_samples_the_doctor_itself(tiny_models):
+    patient, doctors, tokenizer = tiny_models
+    prompts = ["My train was cancelled.", "It rained all day."]
+    sampling = dict(samples=2, seed=3, max_new_tokens=6, temperature=1.0, top_p=0.9)
+    alpha, betas = fronts.advantage_weights([1.0])
+    steered = quality.sample_completions(patient, tokenizer, prompts, doctors=doctors[:1], alpha=alpha, betas=betas,
+                                         **sampling)
+    alone = quality.sample_completions(doctors[0], tokenizer, prompts, **sampling)
+    assert steered.tokens == alone.tokens
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,7 @@ def test_a_lora_tfpo_training_step(tmp_path, strict):
     doc = doctor_lib.Doctor(attach_lora(tiny_model("llama", seed=0), rank=4), value_ramp=True)
     examples = synthetic_examples(4)
     tfpo.fit_value_ramp(doc, examples)
+    examples = tfpo.with_reference_log_probs(doc.lm, examples)  # the default flow's reference: adapters off
     loss = functools.partial(tfpo.tfpo_batch_loss, doc, settings=tfpo.TFPOSettings())
     history = train(doc, examples, loss, TrainConfig(steps=1, batch_size=2, warmup_steps=0), tmp_path)
     doctor_lib.save_doctor(doc, tmp_path / "doctor")

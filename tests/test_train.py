@@ -28,7 +28,7 @@ def _setup(seed=0):
     doc.lm.config.attention_dropout = 0.1
     for layer in doc.lm.model.layers:
         layer.self_attn.attention_dropout = 0.1
-    loss = functools.partial(tfpo.tfpo_batch_loss, doc, settings=tfpo.TFPOSettings())
+    loss = functools.partial(tfpo.tfpo_batch_loss, doc, settings=tfpo.TFPOSettings(flow="rewards"))
     return doc, loss
 
 
@@ -107,7 +107,7 @@ from conftest import synthetic_examples
 from safetensors.torch import save_file
 rank, world = init_distributed()
 doc = doctor_lib.Doctor(tiny_model("llama", seed=0), value_hidden=8)
-loss = functools.partial(tfpo.tfpo_batch_loss, doc, settings=tfpo.TFPOSettings())
+loss = functools.partial(tfpo.tfpo_batch_loss, doc, settings=tfpo.TFPOSettings(flow="rewards"))
 train(doc, synthetic_examples(10), loss, TrainConfig(steps=3, batch_size=4, lr=1e-3, warmup_steps=1,
       micro_batch_size={micro}), {out!r})
 if rank == 0:

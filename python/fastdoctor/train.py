@@ -61,6 +61,10 @@ class TrainConfig:
         if self.autocast not in ("auto", "bf16", "none"):
             raise ValueError(f"autocast: expected 'auto', 'bf16' or 'none', got {self.autocast!r}")
 
+    def uses_bf16(self, device: torch.device) -> bool:
+        """Whether the forward runs under bf16 autocast on `device`."""
+        return self.autocast == "bf16" or (self.autocast == "auto" and device.type == "cuda")
+
     def learning_rate(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
@@ -267,7 +271,7 @@ def train(model: torch.nn.Module, examples: Sequence, loss_fn: LossFn, config: T
         start = load_checkpoint(checkpoint, model, optimizer, signature)
     else:
         torch.manual_seed(config.seed + rank)  # dropout streams: fixed per run, distinct per process
-    use_bf16 = config.autocast == "bf16" or (config.autocast == "auto" and device.type == "cuda")
+    use_bf16 = config.uses_bf16(device)
     log_path = out / "log.jsonl"
     history = _read_log(log_path, start) if rank == 0 else []
     if rank == 0:

@@ -44,9 +44,37 @@ def test_generate_strength_is_the_normalised_alpha_and_beta(model_folders):
     both = run_cli(*common, "--strength", "1", "--beta", "1")
     assert both.returncode != 0 and "--strength replaces --alpha and --beta" in both.stderr
     negative = run_cli(*common, "--strength", "-1")
-    assert negative.returncode != 0 and "--strength: guidance weights: expected numbers >= 0" in negative.stderr
+    assert negative.returncode != 0 and "--strength: guidance weights: expected finite numbers >= 0" in negative.stderr
     two = run_cli(*common, "--strength", "1", "--strength", "2")
     assert two.returncode != 0 and "--strength: give one per --doctor (1), got 2" in two.stderr
+
+
+def test_generate_strength_follows_the_doctors_recorded_convention(model_folders, tmp_path):
+    """A doctor whose doctor.json records the advantage convention (a reference-flow TFPO doctor) decodes
+    --strength g as alpha = 1 - g, beta = g; --convention overrides the record; doctors that record different
+    conventions need --convention."""
+    import json
+    import shutil
+
+    recorded = tmp_path / "advantage_doctor"
+    shutil.copytree(model_folders["doctor"], recorded)
+    (recorded / "doctor.json").write_text(json.dumps({"format": "fastdoctor.doctor/1", "kind": "model",
+                                                      "info": {"decoding": {"convention": "advantage"}}}))
+    common = ["generate", "--prompt", "Hi", "--patient", str(model_folders["patient"]), "--max-new-tokens", "6",
+              "--device", "cpu", "--dtype", "float32"]
+    by_strength = run_cli(*common, "--doctor", str(recorded), "--strength", "3")
+    explicit = run_cli(*common, "--doctor", str(recorded), "--alpha", "-2", "--beta", "3")
+    assert by_strength.returncode == 0 and explicit.returncode == 0, by_strength.stderr + explicit.stderr
+    assert by_strength.stdout == explicit.stdout and by_strength.stdout.strip()
+    overridden = run_cli(*common, "--doctor", str(recorded), "--strength", "3", "--convention", "normalised")
+    normalised = run_cli(*common, "--doctor", str(recorded), "--alpha", "0.25", "--beta", "0.75")
+    assert overridden.stdout == normalised.stdout and overridden.stdout != by_strength.stdout
+    mixed = run_cli(*common, "--doctor", str(recorded), "--doctor", str(model_folders["doctor"]), "--strength", "1",
+                    "--strength", "1")
+    assert mixed.returncode != 0 and "record different conventions" in mixed.stderr
+    (recorded / "doctor.json").write_text(json.dumps({"info": {"decoding": {"convention": "sideways"}}}))
+    unknown = run_cli(*common, "--doctor", str(recorded), "--strength", "1")
+    assert unknown.returncode != 0 and "unknown decoding convention 'sideways'" in unknown.stderr
 
 
 def test_rewards_command_writes_a_rewards_file(model_folders, tmp_path):

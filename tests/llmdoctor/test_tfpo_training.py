@@ -23,23 +23,26 @@ def _held_out_margin(doc, examples):
     return float((doc(chosen)[0].sum(1) - doc(rejected)[0].sum(1)).mean())
 
 
-def _train_margin(tmp_path, kappa):
+def _train_margin(tmp_path, kappa, flow):
     train_set, held_out = synthetic_examples(48, seed=0), synthetic_examples(24, seed=99)
     doc = doctor_lib.Doctor(tiny_model("llama", seed=0), value_hidden=16)
     before = _held_out_margin(doc, held_out)
-    loss = functools.partial(tfpo.tfpo_batch_loss, doc, settings=tfpo.TFPOSettings(kappa=kappa))
+    if flow == "reference":  # the doctor's start is its reference
+        train_set = tfpo.with_reference_log_probs(doc.lm, train_set)
+    loss = functools.partial(tfpo.tfpo_batch_loss, doc, settings=tfpo.TFPOSettings(flow=flow, kappa=kappa))
     train(doc, train_set, loss, TrainConfig(steps=40, batch_size=8, lr=3e-3, warmup_steps=4, log_every=100),
-          tmp_path / f"kappa{kappa}")
+          tmp_path / f"{flow}_kappa{kappa}")
     return before, _held_out_margin(doc, held_out)
 
 
-def test_orientation_sign(tmp_path):
+@pytest.mark.parametrize("flow", ["reference", "rewards"])
+def test_orientation_sign(tmp_path, flow):
     """kappa = +1 is decision 2's orientation: held-out chosen responses gain log-probability relative to
     rejected ones. kappa = -1 is the literal third-party form (the Q ratio inverted); the same training must
     end far below it, which shows that this test tells the two orientations apart. (Both also learn the
     token statistics, which moves the margin a little either way, hence the comparison.)"""
-    before, right = _train_margin(tmp_path, 1.0)
-    _, inverted = _train_margin(tmp_path, -1.0)
+    before, right = _train_margin(tmp_path, 1.0, flow)
+    _, inverted = _train_margin(tmp_path, -1.0, flow)
     assert right > before + 0.75, (before, right)
     assert right > inverted + 1.0, (right, inverted)
 
@@ -47,6 +50,7 @@ def test_orientation_sign(tmp_path):
 def test_batch_loss_parts_and_value_pairs():
     doc = doctor_lib.Doctor(tiny_model("llama", seed=1), value_hidden=8)
     examples = synthetic_examples(5, seed=2)
+    examples = tfpo.with_reference_log_probs(doc.lm, examples)
     total, metrics = tfpo.tfpo_batch_loss(doc, examples, tfpo.TFPOSettings(value_weight=0.5, gamma=0.2))
     # log V starts at zero everywhere, so every value pair sits gamma short of its margin.
     assert metrics["value"] == pytest.approx(0.2)
@@ -76,7 +80,7 @@ def test_fit_value_ramp_lands_on_the_subtb_minimum():
     numbers is ~0, the loss never rises, and a perturbed ramp does worse."""
     doc = doctor_lib.Doctor(tiny_model("llama", seed=4), value_hidden=8, value_ramp=True)
     examples = synthetic_examples(12, seed=5)
-    settings = tfpo.TFPOSettings()
+    settings = tfpo.TFPOSettings(flow="rewards")
     fit = tfpo.fit_value_ramp(doc, examples, settings, batch_size=12)  # the one batch checked below
     assert fit["subtb_after"] <= fit["subtb_before"]
     assert fit["slope"] < 0  # a random tiny LM spends ~log V nats per token: log V must fall along a response
@@ -103,5 +107,5 @@ def test_fit_value_ramp_needs_a_ramp_and_examples():
 def test_free_terminal_fits_the_slope_only():
     """Without a pinned terminal the offset cancels from every residual: the pseudo-inverse leaves it at 0."""
     doc = doctor_lib.Doctor(tiny_model("llama", seed=4), value_ramp=True)
-    fit = tfpo.fit_value_ramp(doc, synthetic_examples(8, seed=6), tfpo.TFPOSettings(terminal_log_v=None))
+    fit = tfpo.fit_value_ramp(doc, synthetic_examples(8, seed=6), tfpo.TFPOSettings(flow="rewards", terminal_log_v=None))
     assert abs(fit["offset"]) < 1e-6 and fit["slope"] < 0

@@ -32,7 +32,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
     init = recipes.DoctorInit(kind=args.init, lora_rank=args.lora_rank, num_layers=args.layers,
                                keep_last=args.keep_last, value_hidden=args.value_hidden,
-                               value_ramp=not args.no_value_ramp)
+                               value_ramp=args.value_ramp)
     config = TrainConfig(steps=args.steps, batch_size=args.batch_size, micro_batch_size=args.micro_batch_size,
                          lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, clip=args.clip,
                          seed=args.seed, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
@@ -53,7 +53,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         recipes.train_genarm(lm, tokenizer, examples, out, config, beta_r=args.beta_r, resume=not args.no_resume,
                               info=info)
     else:
-        settings = tfpo.TFPOSettings(kappa=args.kappa, terminal_log_v=None if args.free_terminal else args.terminal_log_v,
+        settings = tfpo.TFPOSettings(flow=args.flow, kappa=args.kappa, terminal_log_v=None if args.free_terminal else args.terminal_log_v,
                                      gamma=args.gamma, value_weight=args.lam, subtb_lambda=args.subtb_lambda)
         recipes.train_tfpo(lm, tokenizer, examples, out, config, settings, value_hidden=init.value_hidden,
                             value_ramp=init.value_ramp, resume=not args.no_resume, info=info)
@@ -97,6 +97,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
                                              samples=args.samples, dtype=args.dtype).resolved()
     if args.fresh:
         shutil.rmtree(cache_dir() / "quickstart" / settings.digest(), ignore_errors=True)
+        quickstart.rewards_cache(settings, "positivity").unlink(missing_ok=True)  # stage 1 too
     quickstart.run(settings, threads=args.threads)
     return 0
 
@@ -154,9 +155,13 @@ def add_commands(sub) -> None:
                     help="small doctor: also distil on this many fresh patient samples per prompt (bench: 4)")
     tr.add_argument("--distill-data", default="train", help="bundled positivity split whose responses are distilled on")
     tr.add_argument("--value-hidden", type=int, default=0, help="0: linear value head; else a tanh MLP of this width")
-    tr.add_argument("--no-value-ramp", action="store_true",
-                    help="no fitted position ramp in log V (it takes the doctor's own log-prob drift out of SubTB)")
-    tr.add_argument("--kappa", type=float, default=1.0, help="log Q = kappa * cumulative reward")
+    tr.add_argument("--value-ramp", action=argparse.BooleanOptionalAction, default=None,
+                    help="a fitted position ramp in log V (default: with --flow rewards only, where it takes the "
+                         "doctor's own log-prob drift out of SubTB)")
+    tr.add_argument("--flow", default="reference", choices=["reference", "rewards"],
+                    help="log Q: the doctor's start's log-probs plus kappa * cumulative reward (reference), or "
+                         "kappa * cumulative reward alone (rewards; METHODS.md decision 1)")
+    tr.add_argument("--kappa", type=float, default=1.0, help="the weight of the cumulative reward in log Q")
     tr.add_argument("--terminal-log-v", type=float, default=0.0, help="log V pinned after the last token")
     tr.add_argument("--free-terminal", action="store_true", help="do not pin the terminal log V")
     tr.add_argument("--gamma", type=float, default=0.1, help="value hinge margin")

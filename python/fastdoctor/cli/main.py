@@ -88,15 +88,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     patient, tokenizer = fastdoctor.load_model(args.patient, dtype=dtype, device=device)
     doctors = [doctor_lm(spec, patient, tokenizer, dtype=dtype, device=device) for spec in args.doctor]
     alpha, betas = args.alpha, args.beta or [1.0] * len(doctors)
-    if args.strength:  # the project's convention (fastdoctor.fronts): weights normalised by 1 + sum g
+    if args.strength:  # strengths g become weights by a convention (fastdoctor.fronts)
         if args.beta or args.alpha != 1.0:
             raise SystemExit("--strength replaces --alpha and --beta: give one or the other")
         if len(args.strength) != len(doctors):
             raise SystemExit(f"--strength: give one per --doctor ({len(doctors)}), got {len(args.strength)}")
-        from fastdoctor.fronts import normalised_weights
+        from fastdoctor.fronts import guidance_weights
 
+        convention = args.convention
+        if convention == "auto":
+            recorded = {decoding_convention(spec) for spec in args.doctor}
+            if len(recorded) > 1:
+                raise SystemExit(f"--strength: these doctors record different conventions ({', '.join(sorted(recorded))}); "
+                                 "choose one with --convention")
+            convention = recorded.pop()
         try:
-            alpha, betas = normalised_weights(args.strength)
+            alpha, betas = guidance_weights(args.strength, convention)
         except ValueError as error:
             raise SystemExit(f"--strength: {error}") from None
     if len(betas) != len(doctors):
@@ -135,6 +142,24 @@ def doctor_path(spec: str):
         return bundled_doctor(spec.removeprefix("bundled:"))
     except ValueError as error:
         raise SystemExit(f"--doctor {spec}: {error}") from None
+
+
+def decoding_convention(spec: str) -> str:
+    """How --strength turns into weights for the doctor at SPEC: the convention its doctor.json records
+    (info.decoding.convention: "advantage" for reference-flow TFPO doctors), else "normalised"."""
+    import json
+
+    record = doctor_path(spec) / "doctor.json"
+    if not record.is_file():
+        return "normalised"
+    try:
+        info = json.loads(record.read_text(encoding="utf-8")).get("info") or {}
+        convention = (info.get("decoding") or {}).get("convention", "normalised")
+    except (ValueError, AttributeError):
+        raise SystemExit(f"--doctor {spec}: {record} is not a valid doctor record") from None
+    if convention not in ("normalised", "advantage"):
+        raise SystemExit(f"--doctor {spec}: {record} records an unknown decoding convention {convention!r}")
+    return convention
 
 
 def doctor_lm(spec: str, patient, tokenizer, *, dtype, device):
@@ -178,8 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--beta", action="append", type=float, default=[], help="weight of each doctor (repeatable)")
     gen.add_argument("--alpha", type=float, default=1.0, help="weight of the patient")
     gen.add_argument("--strength", action="append", type=float, default=[],
-                     help="guidance strength g of each doctor (repeatable), instead of --alpha/--beta: alpha = "
-                          "1 / (1 + sum g), beta_i = g_i / (1 + sum g), the convention of the fronts")
+                     help="guidance strength g of each doctor (repeatable), instead of --alpha/--beta, under "
+                          "--convention")
+    gen.add_argument("--convention", default="auto", choices=["auto", "normalised", "advantage"],
+                     help="how --strength becomes weights: advantage: alpha = 1 - sum g, beta_i = g_i (log p + "
+                          "sum g_i (log p_i - log p), for doctors trained from the patient); normalised: alpha = "
+                          "1 / (1 + sum g), beta_i = g_i / (1 + sum g); auto: what the doctors record (TFPO doctors: "
+                          "advantage), else normalised")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     gen.add_argument("--top-k", type=int, default=0, help="0 = off")

@@ -52,10 +52,10 @@ def main() -> None:
     parser.add_argument("--out", type=pathlib.Path, default=None, help="default: the installed package's folder")
     args = parser.parse_args()
     out = args.out or DOCTORS / args.dimension
-    settings = quickstart.QuickstartSettings(faces=args.dimension)
+    settings = quickstart.QuickstartSettings(faces=args.dimension).resolved()
     root = (args.cache or cache_dir()) / "quickstart" / settings.digest()
     patient, tokenizer = load_model("default")
-    rewards_path = root / "rewards.safetensors"
+    rewards_path = quickstart.rewards_cache(settings, args.dimension, args.cache)
     if not rewards_path.exists():
         acquire_rewards(patient, tokenizer, bundled_preferences("train", args.dimension), rewards_path,
                         RewardSettings(faces=FACES[settings.faces]), patient_name="default")

@@ -39,13 +39,15 @@ class Doctor(nn.Module):
     """lm: an HF causal LM (optionally a peft LoRA model); value_head: log V from the last hidden state.
     The value head's output layer starts at zero, so log V = 0 everywhere before training.
 
-    value_ramp adds (slope * t + offset) to log V at the state s_t, t = response tokens so far. Why: along a
-    response the SubTB residuals are dominated by the doctor's own cumulative log-probability, which falls by
-    about 2 nats per token on the default patient: a ramp that a head on the last hidden state cannot read
-    (it does not know t) and that AdamW at a LoRA learning rate cannot reach (the fitted offset is ~100).
-    Unabsorbed, that ramp is ~90% of the loss and its gradient just sharpens the policy on both responses;
-    tfpo.fit_value_ramp sets the two numbers to the SubTB minimiser before training (on the default patient
-    the loss falls from ~2,600 to ~300), so the rewards carry the signal."""
+    value_ramp adds (slope * t + offset) to log V at the state s_t, t = response tokens so far. It serves the
+    "rewards" flow (tfpo.TFPOSettings.flow), whose SubTB residuals are dominated by the doctor's own cumulative
+    log-probability, falling about 2 nats per token on the default patient: a ramp that a head on the last
+    hidden state cannot read (it does not know t) and that AdamW at a LoRA learning rate cannot reach (the
+    fitted offset is ~100). tfpo.fit_value_ramp sets the two numbers to the SubTB minimiser before training
+    (on the default patient the loss falls from ~2,600 to ~300). It fits one typical length only, so a
+    finished short reply still asks for log pi(end-of-turn) tens of nats too low. The default "reference"
+    flow puts the reference's log-probs in log Q instead: its residuals start at kappa * cumulative reward
+    (a first loss of ~44), and it needs no ramp."""
 
     def __init__(self, lm: nn.Module, value_hidden: int = 0, value_ramp: bool = False):
         super().__init__()

@@ -34,13 +34,15 @@ class QuickstartSettings:
     steps: int = 48
     batch_size: int = 8
     lr: float = 5e-4
-    value_ramp: bool = True  # the fitted position ramp in log V (doctor.Doctor); part of the cache key
+    flow: str = "reference"  # TFPO's prefix score (tfpo.TFPOSettings.flow, METHODS.md decision 1)
+    value_ramp: bool | None = None  # the fitted position ramp in log V (None: the flow's default, recipes)
+    autocast: str = "auto"  # of TFPO training: "auto" is bf16 where the CPU/GPU has native bf16, else "none"
     distill_steps: int = 60
-    # The doctor's guidance strength g under the fronts' convention (fastdoctor.fronts): alpha = 1 / (1 + g),
-    # beta = g / (1 + g). g = 4 is the point of the positivity front (bench/results/fronts_cpu.md) with the best
-    # reward whose distinct-2 stays within 0.05 of the patient's; raw alpha = beta = 1 at temperature 1 looped
-    # ("I'm not sure what to say. ...", distinct-2 0.43 against the patient's 0.71).
+    # The doctor's guidance strength g under `convention` (fastdoctor.fronts): "advantage" decodes
+    # log p + g (log p_doctor - log p_patient) (alpha = 1 - g, beta = g), "normalised" alpha = 1 / (1 + g),
+    # beta = g / (1 + g).
     strength: float = 4.0
+    convention: str = "normalised"
     samples: int = 2
     max_new_tokens: int = 48
     top_p: float = 0.9
@@ -51,24 +53,36 @@ class QuickstartSettings:
 
     @property
     def alpha(self) -> float:
-        return 1.0 / (1.0 + self.strength)
+        from ..fronts import guidance_weights
+
+        return guidance_weights([self.strength], self.convention)[0]
 
     @property
     def beta(self) -> float:
-        return self.strength / (1.0 + self.strength)
+        from ..fronts import guidance_weights
+
+        return guidance_weights([self.strength], self.convention)[1][0]
 
     def resolved(self) -> "QuickstartSettings":
-        """These settings with dtype "auto" replaced by what it means on this machine (the cache key must
-        say which dtype the results were sampled in)."""
-        if self.dtype != "auto":
-            return self
-        from ..models import decode_dtype
+        """These settings with dtype and autocast "auto" replaced by what they mean on this machine (the cache
+        key must say which dtype the doctor was trained and the results sampled in)."""
+        from ..models import native_bf16
 
-        return dataclasses.replace(self, dtype=str(decode_dtype("cpu")).removeprefix("torch."))
+        native = native_bf16("cpu")
+        dtype = ("bfloat16" if native else "float32") if self.dtype == "auto" else self.dtype
+        autocast = ("bf16" if native else "none") if self.autocast == "auto" else self.autocast
+        return dataclasses.replace(self, dtype=dtype, autocast=autocast)
 
     def digest(self) -> str:
         blob = json.dumps({"settings": dataclasses.asdict(self), "version": VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def rewards_cache(s: QuickstartSettings, data: str = "positivity", cache: pathlib.Path | None = None) -> pathlib.Path:
+    """Where stage 1's rewards of the bundled `data` pairs under `s`'s faces live: they depend on those two
+    (and this version) only, so runs that differ in training or decoding settings share them."""
+    key = hashlib.sha256(json.dumps({"faces": s.faces, "data": data, "version": VERSION}).encode()).hexdigest()[:12]
+    return (cache or cache_dir()) / "quickstart" / "rewards" / f"{data}-{s.faces}-{key}.safetensors"
 
 
 def _say(message: str) -> None:
@@ -81,6 +95,7 @@ def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: Quickstar
     from .doctor import load_doctor
     from ..train import TrainConfig
     from .recipes import DoctorInit, build_lm, distill_small, train_tfpo
+    from .tfpo import TFPOSettings
 
     saved = root / "tfpo" / "doctor"
     if (saved / "doctor.json").exists():
@@ -98,8 +113,8 @@ def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: Quickstar
         lr = s.lr
     _say(f"3/5 doctor: TFPO, {s.steps} steps of {s.batch_size} pairs ({s.doctor} doctor)")
     config = TrainConfig(steps=s.steps, batch_size=s.batch_size, lr=lr, warmup_steps=max(s.steps // 10, 1),
-                         log_every=4, checkpoint_every=8, seed=s.seed)
-    train_tfpo(lm, tokenizer, examples, root / "tfpo", config, value_ramp=init.value_ramp,
+                         log_every=4, checkpoint_every=8, seed=s.seed, autocast=s.autocast)
+    train_tfpo(lm, tokenizer, examples, root / "tfpo", config, TFPOSettings(flow=s.flow), value_ramp=init.value_ramp,
                info={"quickstart": dataclasses.asdict(s)})
     return load_doctor(saved, tokenizer=tokenizer, patient=patient)
 
@@ -152,7 +167,7 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
     sampler = patient if settings.dtype == "float32" else load_model("default", dtype=getattr(torch, settings.dtype))[0]
     bundled_example = _show_bundled_doctor(sampler, tokenizer, test_pairs[0].prompt, settings)
     _say("1/5 data: the bundled positivity preference set")
-    rewards_path = root / "rewards.safetensors"
+    rewards_path = rewards_cache(settings, "positivity", cache)
     if rewards_path.exists():
         _say(f"2/5 rewards: cached at {rewards_path}")
     else:

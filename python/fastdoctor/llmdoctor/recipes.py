@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import sys
+import time
 
 import torch
 
@@ -35,7 +36,9 @@ class DoctorInit:
     num_layers: int = 15
     keep_last: int = 7
     value_hidden: int = 0
-    value_ramp: bool = True  # TFPO: log V += slope * t + offset, fitted before training (doctor.Doctor)
+    # TFPO: log V += slope * t + offset, fitted before training (doctor.Doctor). None: the flow's own default
+    # (the "rewards" flow needs it; the "reference" flow starts every residual at kappa * cumulative reward).
+    value_ramp: bool | None = None
 
     def __post_init__(self):
         if self.kind not in ("full", "small"):
@@ -120,19 +123,65 @@ def distill_small(patient, tokenizer, sequences, out: pathlib.Path, init: Doctor
     return lm.eval()
 
 
+# How `--strength` becomes weights for a TFPO doctor of each flow (fastdoctor.fronts, METHODS.md decision 9),
+# recorded in doctor.json's info.decoding: a reference-flow doctor's log p_doctor - log p_patient is its learned
+# advantage (bench/results/fronts_cpu.md compares the two conventions).
+DECODING = {"reference": {"convention": "advantage"}, "rewards": {"convention": "normalised"}}
+
+
+def default_value_ramp(settings: tfpo.TFPOSettings) -> bool:
+    """The value ramp each flow needs: the "rewards" flow's residuals carry the doctor's whole log-likelihood
+    (~2.5 nats a token), which only a position ramp absorbs; the "reference" flow's do not."""
+    return settings.flow == "rewards"
+
+
+def reference_examples(lm, examples, out: pathlib.Path, *, pad: int, device, autocast: bool, resume: bool):
+    """The examples with pi_ref's log-probs (tfpo.with_reference_log_probs), cached at
+    <out>/reference_logp.safetensors: a resumed small doctor has moved from its start, so its reference must
+    come from the first run (a LoRA doctor's reference is the patient, recomputed identically either way)."""
+    from safetensors.torch import load_file, save_file
+
+    path = out / "reference_logp.safetensors"
+    if resume and path.exists():
+        saved = load_file(str(path))
+        if len(saved) == 2 * len(examples):
+            return [dataclasses.replace(e, chosen_ref_logp=saved[f"chosen.{i}"], rejected_ref_logp=saved[f"rejected.{i}"])
+                    for i, e in enumerate(examples)]
+    started = time.time()
+    examples = tfpo.with_reference_log_probs(lm, examples, pad_id=pad, device=device, autocast=autocast)
+    if _is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {f"{which}.{i}": getattr(e, f"{which}_ref_logp").contiguous()
+                   for i, e in enumerate(examples) for which in ("chosen", "rejected")}
+        staging = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(staging))
+        os.replace(staging, path)
+    print(f"[tfpo] reference log-probs of {len(examples)} pairs in {time.time() - started:.1f} s", file=sys.stderr,
+          flush=True)
+    return examples
+
+
 def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
-               settings: tfpo.TFPOSettings = tfpo.TFPOSettings(), *, value_hidden: int = 0, value_ramp: bool = True,
-               resume: bool = True, info: dict | None = None) -> Doctor:
-    """TFPO on `examples`; the trained doctor is saved to <out>/doctor (atomically). With value_ramp, a
-    fresh run first fits the value head's position ramp (tfpo.fit_value_ramp); a resumed one restores it."""
+               settings: tfpo.TFPOSettings = tfpo.TFPOSettings(), *, value_hidden: int = 0,
+               value_ramp: bool | None = None, resume: bool = True, info: dict | None = None) -> Doctor:
+    """TFPO on `examples`; the trained doctor is saved to <out>/doctor (atomically). The "reference" flow
+    first scores every reply under the doctor's start (reference_examples); with value_ramp (None: the flow's
+    default), a fresh run first fits the value head's position ramp (tfpo.fit_value_ramp); a resumed one
+    restores it."""
+    value_ramp = default_value_ramp(settings) if value_ramp is None else value_ramp
     doctor = Doctor(lm, value_hidden=value_hidden, value_ramp=value_ramp)
     pad, device = pad_id(tokenizer), next(lm.parameters()).device
+    eos = tokenizer.eos_token_id
     info = dict(info or {})
     if _is_main_process():
         recover_directory(out / "checkpoint")  # a commit a kill interrupted (see files.recover_directory)
+    resuming = resume and (out / "checkpoint" / "state.json").exists()
+    if settings.flow == "reference":
+        examples = reference_examples(lm, examples, out, pad=pad, device=device, autocast=config.uses_bf16(device),
+                                      resume=resume)
     fit_path = out / "value_ramp_fit.json"
-    if value_ramp and not (resume and (out / "checkpoint" / "state.json").exists()):
-        fit = tfpo.fit_value_ramp(doctor, examples, settings, pad_id=pad, device=device)
+    if value_ramp and not resuming:
+        fit = tfpo.fit_value_ramp(doctor, examples, settings, pad_id=pad, device=device, eos_id=eos)
         info["value_ramp_fit"] = fit
         if _is_main_process():
             write_json(fit_path, fit)  # a resumed run restores the ramp from the checkpoint, and the record here
@@ -141,12 +190,13 @@ def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
                   file=sys.stderr, flush=True)
     elif value_ramp and fit_path.exists():
         info["value_ramp_fit"] = json.loads(fit_path.read_text())
-    loss = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=settings, pad_id=pad, device=device)
+    loss = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=settings, pad_id=pad, device=device, eos_id=eos)
     history = train(doctor, examples, loss, config, out, name="tfpo", resume=resume)
     if _is_main_process():
         save_doctor(doctor, out / "doctor", tokenizer,
                     info={"method": "tfpo", "settings": dataclasses.asdict(settings),
-                          "config": dataclasses.asdict(config), **info, "final": history[-1] if history else None})
+                          "config": dataclasses.asdict(config), "decoding": DECODING[settings.flow], **info,
+                          "final": history[-1] if history else None})
     return doctor
 
 
