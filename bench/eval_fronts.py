@@ -24,7 +24,7 @@ patient's perplexity in fp32).
     concision over the patient's own samples; the patient alone. Hypervolume with the reference point at the
     worst mean of each axis over every point of every method.
   1-D fronts (positivity): VADER against distinct-2 and against the patient's perplexity, for TFPO over
-    g in {0.25, 0.5, 1, 2, 4, 8} (normalised) or {0.25, 0.5, 0.75, 1, 1.5, 2} (advantage), GenARM over
+    g in {0.25, 0.5, 1, 2, 4, 8} (normalised) or {0.5, 1, 1.5, 2, 2.5, 3} (advantage), GenARM over
     {0.1, 0.25, 0.5, 1, 2}, DPO, best-of-N for N in {1, 2, 4, 8}.
   Wall time of the TFPO 2-D front in one call against one call per weight vector (same tokens; --skip-timing
   leaves it out).
@@ -44,7 +44,7 @@ import time
 
 from common import add_options, result_stem, run_meta, start, write_results
 
-TFPO_STRENGTHS = {"normalised": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0), "advantage": (0.25, 0.5, 0.75, 1.0, 1.5, 2.0)}
+TFPO_STRENGTHS = {"normalised": (0.25, 0.5, 1.0, 2.0, 4.0, 8.0), "advantage": (0.5, 1.0, 1.5, 2.0, 2.5, 3.0)}
 GENARM_STRENGTHS = (0.1, 0.25, 0.5, 1.0, 2.0)
 BEST_OF = (1, 2, 4, 8)
 

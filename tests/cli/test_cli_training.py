@@ -36,12 +36,26 @@ def test_train_writes_a_doctor_that_generate_takes(model_folders, rewards_file, 
     assert len((out / "log.jsonl").read_text().splitlines()) == 3 and (out / "loss.png").exists()
     meta = json.loads((out / "doctor/doctor.json").read_text())
     assert meta["info"]["method"] == method
-    if method == "tfpo":  # the position ramp in log V is on by default and fitted before step 1
-        assert meta["value_ramp"] and "[tfpo] value ramp: slope=" in result.stderr
-        assert meta["info"]["value_ramp_fit"]["subtb_after"] <= meta["info"]["value_ramp_fit"]["subtb_before"]
+    if method == "tfpo":  # the reference flow by default: its reference log-probs first, and no position ramp
+        assert "[tfpo] reference log-probs of" in result.stderr and "value ramp" not in result.stderr
+        assert not meta["value_ramp"] and meta["info"]["settings"]["flow"] == "reference"
+        assert meta["info"]["decoding"] == {"convention": "advantage"}
+        assert (out / "reference_logp.safetensors").exists()
     gen = run_cli("generate", "--prompt", "Hello", "--patient", str(model_folders["patient"]), "--doctor",
                   str(out / "doctor"), "--beta", "1", "--max-new-tokens", "4", "--device", "cpu")
     assert gen.returncode == 0, gen.stderr
+
+
+def test_train_with_the_rewards_flow_fits_the_value_ramp(model_folders, rewards_file, tmp_path):  # noqa: F811
+    out = tmp_path / "rewards_flow"
+    result = run_cli("train", "--rewards", str(rewards_file), "--out", str(out), "--patient",
+                     str(model_folders["patient"]), "--flow", "rewards", "--lora-rank", "2", *TRAIN)
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((out / "doctor/doctor.json").read_text())
+    assert meta["value_ramp"] and "[tfpo] value ramp: slope=" in result.stderr
+    assert meta["info"]["value_ramp_fit"]["subtb_after"] <= meta["info"]["value_ramp_fit"]["subtb_before"]
+    assert meta["info"]["settings"]["flow"] == "rewards" and meta["info"]["decoding"] == {"convention": "normalised"}
+    assert "reference log-probs" not in result.stderr
 
 
 def test_train_small_doctor_distils_first(model_folders, rewards_file, tmp_path):  # noqa: F811

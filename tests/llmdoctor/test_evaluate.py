@@ -101,7 +101,11 @@ def test_quickstart_prints_cached_results_without_recomputing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| doctor | 0.250 ± 0.050 | 0.60 |" in out and "prompt:  p" in out
     assert settings.digest() != quickstart.QuickstartSettings(strength=2.0).digest()
-    default = quickstart.QuickstartSettings()  # the fronts' convention: g = 4 is alpha = 1/5, beta = 4/5
-    assert (default.alpha, default.beta) == (0.2, 0.8) and quickstart.QuickstartSettings(strength=1.0).beta == 0.5
+    default = quickstart.QuickstartSettings()  # the advantage convention at g = 1: the doctor itself
+    assert (default.alpha, default.beta) == (0.0, 1.0)
+    assert (quickstart.QuickstartSettings(strength=2.0).alpha, quickstart.QuickstartSettings(strength=2.0).beta) == (-1.0, 2.0)
+    normalised = quickstart.QuickstartSettings(strength=4.0, convention="normalised")
+    assert (normalised.alpha, normalised.beta) == (0.2, 0.8)
+    assert quickstart.QuickstartSettings().digest() != normalised.digest()
     assert settings.resolved().dtype in ("float32", "bfloat16")
     assert quickstart.QuickstartSettings(dtype="float32").digest() != quickstart.QuickstartSettings(dtype="bfloat16").digest()

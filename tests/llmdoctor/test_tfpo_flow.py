@@ -176,3 +176,21 @@ def test_tfpo_on_concision_pairs_raises_end_of_turn_where_chosen_replies_end(tmp
         assert gain > 0.1, gain
     else:
         assert gain < 0.0, gain
+
+
+def test_a_resumed_run_keeps_the_reference_of_the_first_run(tmp_path, capsys):
+    """A doctor that is not a LoRA model (the distilled small one) has moved from its start by the time a run
+    resumes: the reference log-probs come from the first run's file, not from the moved doctor."""
+    import fastdoctor
+    from fastdoctor.llmdoctor import recipes
+
+    _, tokenizer = fastdoctor.load_model("default")
+    lm = tiny_model("llama", vocab=len(tokenizer), seed=6)
+    examples = synthetic_examples(4, seed=7)
+    config = TrainConfig(steps=2, batch_size=2, lr=1e-3, warmup_steps=0, log_every=1, checkpoint_every=1)
+    recipes.train_tfpo(lm, tokenizer, examples, tmp_path, config)
+    first = (tmp_path / "reference_logp.safetensors").read_bytes()
+    assert "[tfpo] reference log-probs of 4 pairs" in capsys.readouterr().err
+    recipes.train_tfpo(lm, tokenizer, examples, tmp_path, config)  # resumes from the last checkpoint
+    assert "[tfpo] reference log-probs" not in capsys.readouterr().err  # read back, not recomputed
+    assert (tmp_path / "reference_logp.safetensors").read_bytes() == first

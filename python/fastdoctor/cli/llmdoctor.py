@@ -191,9 +191,9 @@ def add_commands(sub) -> None:
     qs = sub.add_parser("quickstart", help="LLMdoctor end to end on the default patient (offline, cached)")
     qs.add_argument("--doctor", default="full", choices=["full", "small"])
     qs.add_argument("--steps", type=int, default=48, help="TFPO steps")
-    qs.add_argument("--strength", type=float, default=4.0,
-                    help="the doctor's guidance strength g: alpha = 1 / (1 + g), beta = g / (1 + g) (default 4: "
-                         "the positivity front's best reward that keeps the patient's diversity)")
+    qs.add_argument("--strength", type=float, default=1.0,
+                    help="the doctor's guidance strength g on its advantage over the patient: alpha = 1 - g, "
+                         "beta = g (default 1: the trained doctor itself, the patient tilted by its rewards)")
     qs.add_argument("--samples", type=int, default=2, help="samples per held-out prompt")
     qs.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="of the sampling stage (auto: bfloat16 where the CPU/GPU has native bf16, else float32)")

@@ -2,10 +2,11 @@
 
 It is the quickstart's TFPO doctor, trained by the project's own recipe with the quickstart's default settings
 (seed 0) and the dimension's faces and pairs: stage 1 rewards from the default patient's faces on the bundled
-train pairs (255 for positivity, 152 for concision), then 48 TFPO steps of 8 pairs on a rank-8 LoRA copy of the
-patient with the fitted value ramp. The adapter weights are
-stored in bfloat16 (about 5 MB instead of 10); bundle.json records the command, the settings and the SHA-256
-of every file.
+train pairs (255 for positivity, 152 for concision), then the reference log-probs of every reply under the
+patient, then 48 TFPO steps of 8 pairs (the reference flow, bf16 autocast where native) on a rank-8 LoRA copy of
+the patient. The adapter weights are stored in bfloat16 (about 5 MB instead of 10); bundle.json records the
+command, the settings, the decoding defaults (the advantage convention at strength 1: the doctor itself) and
+the SHA-256 of every file.
 
     python -m fastdoctor.datasets.make_bundled_doctor [--dimension concision] [--cache DIR] [--out DIR]
         (reuses the quickstart's cache; from a checkout: --out python/fastdoctor/datasets/doctors/<dimension>)
@@ -53,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out or DOCTORS / args.dimension
     settings = quickstart.QuickstartSettings(faces=args.dimension).resolved()
-    root = (args.cache or cache_dir()) / "quickstart" / settings.digest()
+    root = settings.doctor_root(args.cache)
     patient, tokenizer = load_model("default")
     rewards_path = quickstart.rewards_cache(settings, args.dimension, args.cache)
     if not rewards_path.exists():
@@ -65,16 +66,18 @@ def main() -> None:
     examples = scored_examples(rewards_path, tokenizer, patient)
     doctor = quickstart._train_doctor(patient, tokenizer, examples, root, settings)
     info = read_doctor_meta(saved).get("info", {})
-    save_doctor(doctor, out, tokenizer, info={**info, "bundled": args.dimension})
+    save_doctor(doctor, out, tokenizer, info={**info, "quickstart": settings.training(), "bundled": args.dimension})
+    decoding = {"convention": settings.convention, "strength": settings.strength}  # the quickstart's defaults
     weights = out / "adapter_model.safetensors"
     save_file({k: v.to(torch.bfloat16).contiguous() for k, v in load_file(str(weights)).items()}, str(weights),
               metadata={"format": "pt"})
     config = json.loads((out / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"  # not this machine's cache path
+    config["target_modules"] = sorted(config["target_modules"])  # peft writes a set: its order varies by run
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     files = sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "bundle.json")
     record = {"command": COMMAND.format(d=args.dimension), "recipe": "fastdoctor quickstart, default settings (stages 2 and 3)",
-              "settings": dataclasses.asdict(settings), "seed": settings.seed, "fastdoctor": __version__,
+              "settings": dataclasses.asdict(settings), "seed": settings.seed, "decoding": decoding, "fastdoctor": __version__,
               "torch": torch.__version__, "patient": "SmolLM2-135M-Instruct (the embedded default patient)",
               "trained_on": TRAINED_ON[args.dimension],
               "adapter_dtype": "bfloat16", "sha256": {name: sha256(out / name) for name in files}}

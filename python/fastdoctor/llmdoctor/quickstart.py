@@ -10,8 +10,10 @@
      CPU or GPU has native bf16 (models.decode_dtype; training and the perplexity judge stay float32);
   5. print a side-by-side table (VADER reward, win rate, distinct-2/3, tokens/s) and example completions.
 
-Every artefact is cached under $FASTDOCTOR_CACHE/quickstart/<settings digest>/, and each stage resumes from
-what an interrupted run left, so a second run prints its table in seconds.
+Every artefact is cached under $FASTDOCTOR_CACHE/quickstart/: stage 1's rewards under rewards/ (keyed by the
+data and faces), the trained doctor under doctors/<training digest>/ (keyed by the settings that shape
+training, so another strength reuses it), the results under <settings digest>/; each stage resumes from what
+an interrupted run left, so a second run prints its table in seconds.
 """
 from __future__ import annotations
 
@@ -40,9 +42,10 @@ class QuickstartSettings:
     distill_steps: int = 60
     # The doctor's guidance strength g under `convention` (fastdoctor.fronts): "advantage" decodes
     # log p + g (log p_doctor - log p_patient) (alpha = 1 - g, beta = g), "normalised" alpha = 1 / (1 + g),
-    # beta = g / (1 + g).
-    strength: float = 4.0
-    convention: str = "normalised"
+    # beta = g / (1 + g). The reference-flow doctor is the patient tilted by its rewards, so g = 1 samples what
+    # TFPO trained (the advantage convention won both dimensions: bench/results/fronts_cpu.md).
+    strength: float = 1.0
+    convention: str = "advantage"
     samples: int = 2
     max_new_tokens: int = 48
     top_p: float = 0.9
@@ -73,6 +76,19 @@ class QuickstartSettings:
         autocast = ("bf16" if native else "none") if self.autocast == "auto" else self.autocast
         return dataclasses.replace(self, dtype=dtype, autocast=autocast)
 
+    TRAINING = ("doctor", "steps", "batch_size", "lr", "flow", "value_ramp", "autocast", "distill_steps", "seed",
+                "faces")
+
+    def training(self) -> dict:
+        """The settings that shape the trained doctor (not how it is decoded or scored)."""
+        return {name: getattr(self, name) for name in self.TRAINING}
+
+    def doctor_root(self, cache: pathlib.Path | None = None) -> pathlib.Path:
+        """Where the doctor these settings train is cached (trained on the `faces` dimension's pairs)."""
+        blob = json.dumps({"training": self.training(), "version": VERSION}, sort_keys=True)
+        key = hashlib.sha256(blob.encode()).hexdigest()[:12]
+        return (cache or cache_dir()) / "quickstart" / "doctors" / f"{self.faces}-{key}"
+
     def digest(self) -> str:
         blob = json.dumps({"settings": dataclasses.asdict(self), "version": VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -90,6 +106,7 @@ def _say(message: str) -> None:
 
 
 def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: QuickstartSettings):
+    """The TFPO doctor of `s`, trained under `root` (QuickstartSettings.doctor_root) unless cached there."""
     from . import distill
     from .data import bundled_preferences
     from .doctor import load_doctor
@@ -115,7 +132,7 @@ def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: Quickstar
     config = TrainConfig(steps=s.steps, batch_size=s.batch_size, lr=lr, warmup_steps=max(s.steps // 10, 1),
                          log_every=4, checkpoint_every=8, seed=s.seed, autocast=s.autocast)
     train_tfpo(lm, tokenizer, examples, root / "tfpo", config, TFPOSettings(flow=s.flow), value_ramp=init.value_ramp,
-               info={"quickstart": dataclasses.asdict(s)})
+               info={"quickstart": s.training()})
     return load_doctor(saved, tokenizer=tokenizer, patient=patient)
 
 
@@ -175,13 +192,14 @@ def run(settings: QuickstartSettings = QuickstartSettings(), *, cache: pathlib.P
         acquire_rewards(patient, tokenizer, train_pairs, rewards_path,
                         RewardSettings(faces=FACES[settings.faces]), patient_name="default")
     examples = scored_examples(rewards_path, tokenizer, patient)
-    doctor = _train_doctor(patient, tokenizer, examples, root, settings)
+    doctor_root = settings.doctor_root(cache)
+    doctor = _train_doctor(patient, tokenizer, examples, doctor_root, settings)
     prompts = [p.prompt for p in test_pairs]
     sampling = dict(samples=settings.samples, seed=settings.seed, max_new_tokens=settings.max_new_tokens,
                     temperature=settings.temperature, top_p=settings.top_p)
     # The doctor over the sampling patient (an adapter re-attaches to its weights, a separate model converts).
     sampler_doctor = doctor.lm if sampler is patient else load_doctor(
-        root / "tfpo" / "doctor", dtype=getattr(torch, settings.dtype), tokenizer=tokenizer, patient=sampler).lm
+        doctor_root / "tfpo" / "doctor", dtype=getattr(torch, settings.dtype), tokenizer=tokenizer, patient=sampler).lm
     _say(f"4/5 generate ({settings.dtype}): {len(prompts)} held-out prompts x {settings.samples} samples, patient alone")
     alone = quality.sample_completions(sampler, tokenizer, prompts, **sampling)
     _say(f"4/5 generate: the same with the doctor (strength {settings.strength:g}: alpha {settings.alpha:.3g}, "

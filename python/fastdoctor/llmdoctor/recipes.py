@@ -16,7 +16,7 @@ import time
 import torch
 
 from .. import genarm
-from ..files import recover_directory, write_json
+from ..files import atomic_file, recover_directory, write_json
 from ..lora import attach_lora
 from ..models import logits_width, make_doctor
 from ..tokens import chat_ids, pad_id, reply_finished, split_response, vocab_fingerprint
@@ -135,27 +135,28 @@ def default_value_ramp(settings: tfpo.TFPOSettings) -> bool:
     return settings.flow == "rewards"
 
 
-def reference_examples(lm, examples, out: pathlib.Path, *, pad: int, device, autocast: bool, resume: bool):
-    """The examples with pi_ref's log-probs (tfpo.with_reference_log_probs), cached at
-    <out>/reference_logp.safetensors: a resumed small doctor has moved from its start, so its reference must
-    come from the first run (a LoRA doctor's reference is the patient, recomputed identically either way)."""
+def reference_examples(lm, examples, out: pathlib.Path, *, pad: int, device, autocast: bool, resuming: bool):
+    """The examples with pi_ref's log-probs (tfpo.with_reference_log_probs), kept at
+    <out>/reference_logp.safetensors for a resumed run: a resumed small doctor has moved from its start, so its
+    reference must come from the first run (a LoRA doctor's reference is the patient, the same either way)."""
     from safetensors.torch import load_file, save_file
 
     path = out / "reference_logp.safetensors"
-    if resume and path.exists():
+    if resuming and path.exists():
         saved = load_file(str(path))
-        if len(saved) == 2 * len(examples):
+        shapes = [(e.chosen.shape, e.rejected.shape) for e in examples]
+        if len(saved) == 2 * len(examples) and all(
+                (saved.get(f"chosen.{i}", torch.empty(0)).shape, saved.get(f"rejected.{i}", torch.empty(0)).shape)
+                == shape for i, shape in enumerate(shapes)):
             return [dataclasses.replace(e, chosen_ref_logp=saved[f"chosen.{i}"], rejected_ref_logp=saved[f"rejected.{i}"])
                     for i, e in enumerate(examples)]
     started = time.time()
     examples = tfpo.with_reference_log_probs(lm, examples, pad_id=pad, device=device, autocast=autocast)
     if _is_main_process():
-        out.mkdir(parents=True, exist_ok=True)
         tensors = {f"{which}.{i}": getattr(e, f"{which}_ref_logp").contiguous()
                    for i, e in enumerate(examples) for which in ("chosen", "rejected")}
-        staging = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(staging))
-        os.replace(staging, path)
+        with atomic_file(path) as temporary:
+            save_file(tensors, str(temporary))
     print(f"[tfpo] reference log-probs of {len(examples)} pairs in {time.time() - started:.1f} s", file=sys.stderr,
           flush=True)
     return examples
@@ -178,7 +179,7 @@ def train_tfpo(lm, tokenizer, examples, out: pathlib.Path, config: TrainConfig,
     resuming = resume and (out / "checkpoint" / "state.json").exists()
     if settings.flow == "reference":
         examples = reference_examples(lm, examples, out, pad=pad, device=device, autocast=config.uses_bf16(device),
-                                      resume=resume)
+                                      resuming=resuming)
     fit_path = out / "value_ramp_fit.json"
     if value_ramp and not resuming:
         fit = tfpo.fit_value_ramp(doctor, examples, settings, pad_id=pad, device=device, eos_id=eos)
