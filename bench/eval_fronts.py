@@ -366,14 +366,14 @@ def main() -> None:
     sections = ["Hypervolume of the 2-D fronts (reference point: the worst mean positivity and concision over "
                 f"every 2-D point, ({reference[0]:.3f}, {reference[1]:.3f})):\n\n| front | hypervolume |\n|---|---|\n"
                 + "\n".join(f"| {m} | {v:.4f} |" for m, v in volumes.items())]
-    sections += ["", "TFPO against the issue's targets (concision at w = 0 against the patient + 3 SE; positivity: "
-                     "the best VADER with distinct-2 within 0.05 of the patient's, and whether one GenARM or DPO point "
-                     "dominates every TFPO point in (VADER, distinct-2)):", "",
-                 "| TFPO | concision at w = 0 | patient + 3 SE | best VADER within 0.05 distinct-2 | dominated by |",
-                 "|---|---|---|---|---|"]
-    sections += [f"| {label} | {c['concision_w0']:.3f} | {c['patient_plus_3se']:.3f} | "
-                 f"{c['best_point'] or '-'}: {c['best_vader']:.3f} | {', '.join(c['dominated_by']) or 'none'} |"
-                 for label, c in checks.items()]
+    sections.append("TFPO against the targets (concision at w = 0 against the patient + 3 SE; positivity: the best "
+                    "VADER with distinct-2 within 0.05 of the patient's, and the GenARM or DPO points that dominate "
+                    "every TFPO point in (VADER, distinct-2)):\n\n"
+                    "| TFPO | concision at w = 0 | patient + 3 SE | best VADER within 0.05 distinct-2 | dominated by |\n"
+                    "|---|---|---|---|---|\n"
+                    + "\n".join(f"| {label} | {c['concision_w0']:.3f} | {c['patient_plus_3se']:.3f} | "
+                                f"{c['best_point'] or '-'}: {c['best_vader']:.3f} | {', '.join(c['dominated_by']) or 'none'} |"
+                                for label, c in checks.items()))
     if timing:
         sections += ["", f"Per-row weights: the TFPO 2-D front ({timing['rows']} rows, {timing['vectors']} weight "
                          f"vectors) took {timing['one_call_s']} s in one call against {timing['per_vector_calls_s']} s "
