@@ -38,6 +38,12 @@ def _say(message: str) -> None:
     print(f"[ablate] {message}", file=sys.stderr, flush=True)
 
 
+def rewards_flow(variant: str) -> bool:
+    """The variants of the rewards-flow recipe (trained in float32, as it was measured, and decoded under the
+    normalised convention, its own)."""
+    return variant in ("flow_rewards", "ramp_off") or variant.startswith(("kappa_", "theta_"))
+
+
 def train_variant(patient, tokenizer, pairs, root: pathlib.Path, dimension: str, variant: str, steps: int):
     """The doctor folder of `variant`, trained unless cached (or the bundled one for 'default')."""
     from fastdoctor.datasets import bundled_doctor
@@ -63,8 +69,8 @@ def train_variant(patient, tokenizer, pairs, root: pathlib.Path, dimension: str,
         return folder / "doctor"
     total = steps * 3 if variant == "steps_x3" else steps
     autocast = variant.split("_")[1] if variant.startswith("autocast_") else "bf16" if native_bf16("cpu") else "none"
-    if variant in ("flow_rewards", "ramp_off") or variant.startswith("kappa_") or variant.startswith("theta_"):
-        autocast = "none"  # the rewards-flow recipe and its ablations as they were measured: float32
+    if rewards_flow(variant):
+        autocast = "none"
     config = TrainConfig(steps=total, batch_size=8 if steps > 1 else 2, lr=5e-4, warmup_steps=max(total // 10, 1),
                          log_every=8, checkpoint_every=8, seed=0, autocast=autocast)
     examples = recipes.scored_examples(rewards_path, tokenizer, patient)
@@ -73,11 +79,10 @@ def train_variant(patient, tokenizer, pairs, root: pathlib.Path, dimension: str,
     if variant.startswith("beta_r_"):
         recipes.train_genarm(lm, tokenizer, examples, folder, config, beta_r=float(variant.split("_")[2]))
         return folder / "doctor"
-    rewards_flow = variant in ("flow_rewards", "ramp_off") or variant.startswith(("kappa_", "theta_"))
-    settings = tfpo.TFPOSettings(flow="rewards" if rewards_flow else "reference",
+    settings = tfpo.TFPOSettings(flow="rewards" if rewards_flow(variant) else "reference",
                                  kappa=float(variant.split("_")[1]) if variant.startswith("kappa_") else 1.0)
     recipes.train_tfpo(lm, tokenizer, examples, folder, config, settings,
-                       value_ramp=rewards_flow and variant != "ramp_off")
+                       value_ramp=rewards_flow(variant) and variant != "ramp_off")
     return folder / "doctor"
 
 
@@ -123,8 +128,7 @@ def main() -> None:
     for variant in ["default", *args.variants]:
         folder = train_variant(patient, tokenizer, pairs, root, args.dimension, variant, args.steps)
         doctor = load_doctor(folder, tokenizer=tokenizer, patient=sampler).lm
-        conventions = ["normalised"] if variant.startswith("beta_r_") or variant in ("flow_rewards", "ramp_off") \
-            else args.conventions
+        conventions = ["normalised"] if variant.startswith("beta_r_") or rewards_flow(variant) else args.conventions
         points = [(c, g) for c in conventions for g in strengths[c]]
         vectors = [fronts.guidance_weights([g], c) for c, g in points]
         done = quality.sample_weight_vectors(sampler, tokenizer, prompts, vectors, doctors=[doctor],
@@ -144,8 +148,8 @@ def main() -> None:
                     strengths=strengths, conventions=args.conventions, steps=args.steps,
                     seconds=round(time.time() - began, 1), quick=args.quick, dtype=str(dtype))
     columns = [("method", "variant"), ("convention", "convention"), ("point", "strength"),
-               ("positivity_text", "positivity (VADER)"), ("concision_text", "concision"), ("distinct_2", "distinct-2"), ("perplexity", "patient perplexity"),
-               ("mean_tokens", "mean new tokens")]
+               ("positivity_text", "positivity (VADER)"), ("concision_text", "concision"), ("distinct_2", "distinct-2"),
+               ("perplexity", "patient perplexity"), ("mean_tokens", "mean new tokens")]
     _, md = write_results(args.name or f"ablations_{args.dimension}", args.device, meta, rows, columns, out=args.out,
                           title=f"TFPO ablations on {args.dimension}" + (" (--quick smoke run)" if args.quick else ""),
                           note=f"{len(prompts)} held-out prompts x {args.samples} samples, strengths under each row's "

@@ -57,7 +57,9 @@ def main() -> None:
     examples = recipes.scored_examples(path, tokenizer, patient)
     size = args.batch_pairs
     warmup = 0 if args.quick else 1  # the first step warms up allocators and kernels
-    batches = [examples[(i * size) % len(examples):][:size] for i in range(args.steps + warmup)]
+    def batches_of(items):  # the same pairs for every variant: consecutive slices, wrapping around
+        return [items[(i * size) % len(items):][:size] for i in range(args.steps + warmup)]
+
     rows = []
     for name, kind, method in (("TFPO, full-size LoRA doctor", "full", "tfpo"),
                                ("TFPO, small 15-layer doctor", "small", "tfpo"),
@@ -65,13 +67,11 @@ def main() -> None:
         lm = recipes.build_lm(patient, recipes.DoctorInit(kind=kind))
         doctor = Doctor(lm).to(device)
         if method == "tfpo":  # the reference flow's log-probs are computed once, before training: not timed here
-            scored = dict(zip(map(id, examples), tfpo.with_reference_log_probs(lm, examples, device=device,
-                                                                               autocast=use_bf16)))
-            steps = [[scored[id(e)] for e in batch] for batch in batches]
+            steps = batches_of(tfpo.with_reference_log_probs(lm, examples, device=device, autocast=use_bf16))
             loss_fn = functools.partial(tfpo.tfpo_batch_loss, doctor, settings=tfpo.TFPOSettings(), device=device,
                                         eos_id=tokenizer.eos_token_id)
         else:
-            steps = batches
+            steps = batches_of(examples)
             loss_fn = functools.partial(genarm.arm_batch_loss, lm, device=device)
         optimizer = torch.optim.AdamW([p for p in doctor.parameters() if p.requires_grad], lr=1e-5)
         seconds, tokens = [], []

@@ -72,7 +72,8 @@ def test_generate_strength_follows_the_doctors_recorded_convention(model_folders
     mixed = run_cli(*common, "--doctor", str(recorded), "--doctor", str(model_folders["doctor"]), "--strength", "1",
                     "--strength", "1")
     assert mixed.returncode != 0 and "record different conventions" in mixed.stderr
-    (recorded / "doctor.json").write_text(json.dumps({"info": {"decoding": {"convention": "sideways"}}}))
+    (recorded / "doctor.json").write_text(json.dumps({"format": "fastdoctor.doctor/1",
+                                                      "info": {"decoding": {"convention": "sideways"}}}))
     unknown = run_cli(*common, "--doctor", str(recorded), "--strength", "1")
     assert unknown.returncode != 0 and "unknown decoding convention 'sideways'" in unknown.stderr
 

@@ -147,16 +147,18 @@ def doctor_path(spec: str):
 def decoding_convention(spec: str) -> str:
     """How --strength turns into weights for the doctor at SPEC: the convention its doctor.json records
     (info.decoding.convention: "advantage" for reference-flow TFPO doctors), else "normalised"."""
-    import json
+    from fastdoctor.llmdoctor.doctor import read_doctor_meta
 
-    record = doctor_path(spec) / "doctor.json"
+    path = doctor_path(spec)
+    record = path / "doctor.json"
     if not record.is_file():
         return "normalised"
     try:
-        info = json.loads(record.read_text(encoding="utf-8")).get("info") or {}
-        convention = (info.get("decoding") or {}).get("convention", "normalised")
-    except (ValueError, AttributeError):
-        raise SystemExit(f"--doctor {spec}: {record} is not a valid doctor record") from None
+        info = read_doctor_meta(path).get("info")
+    except ValueError as error:
+        raise SystemExit(f"--doctor {spec}: {error}") from None
+    decoding = info.get("decoding") if isinstance(info, dict) else None
+    convention = decoding.get("convention", "normalised") if isinstance(decoding, dict) else "normalised"
     if convention not in ("normalised", "advantage"):
         raise SystemExit(f"--doctor {spec}: {record} records an unknown decoding convention {convention!r}")
     return convention

@@ -45,7 +45,7 @@ def main() -> None:
     from ..llmdoctor.doctor import read_doctor_meta, save_doctor
     from ..llmdoctor.recipes import scored_examples
     from ..llmdoctor.rewards import FACES, RewardSettings, acquire_rewards
-    from ..models import cache_dir, load_model
+    from ..models import load_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=pathlib.Path, default=None, help="default: $FASTDOCTOR_CACHE")
