@@ -20,7 +20,7 @@ import argparse
 import torch
 
 import fastdoctor
-from fastdoctor import adapters
+from fastdoctor import adapters, weights
 from fastdoctor.lora import attach_lora
 from common import (MODEL_CHOICES, Spread, add_options, load_patient, parse_cases, prompt_ids, run_meta, start,
                     time_interleaved, write_results)
@@ -29,14 +29,17 @@ PROMPT = "I missed my bus this morning and then it started to rain. What should 
 PROMPT_TOKENS = 51  # PROMPT under SmolLM2's chat template
 
 
-def random_adapter(patient, seed: int):
+def random_adapter(patient, seed: int) -> adapters.AdapterDoctor:
+    """A rank-8 AdapterDoctor of `patient` on every projection, B drawn at 0.01 (A as peft initialises it)."""
     torch.manual_seed(seed)
-    lm = attach_lora(adapters.weight_sharing_copy(patient), rank=8)
+    lm = attach_lora(weights.weight_sharing_copy(patient), rank=8)
     with torch.no_grad():
         for name, p in lm.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 0.01)
-    return lm.eval()
+    doctor, why = adapters.snapshot(lm.eval())
+    assert doctor is not None, why
+    return doctor.to()  # tensors of its own, not the peft model's
 
 
 def main() -> None:
@@ -68,7 +71,7 @@ def main() -> None:
         patient, tokenizer, patient_label = load_patient(args.model, device, dtype)
         prompt = prompt_ids(tokenizer, PROMPT, PROMPT_TOKENS, patient.config.vocab_size).to(device)
         shared_all = [random_adapter(patient, seed) for seed in range(max(counts))]
-        merged_all = [adapters.merged_copy(d).eval() for d in shared_all]
+        merged_all = [d.merged_model(patient) for d in shared_all]
         for model in merged_all:  # as load_model gives them (a frozen LM head takes a slow path in torch 2.13)
             model.requires_grad_(True)
         meta = meta or run_meta(device, patient=patient_label, lora_rank=8, top_p=0.9, quick=args.quick,

@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from fastdoctor import _C, adapters
+from fastdoctor import _C
 from fastdoctor.kv_cache import cache_kwargs, output_cache
-from fastdoctor.shared_base import shared_base_for
+from fastdoctor.shared_base import SharedBase
 from bench_shared_base import PROMPT, PROMPT_TOKENS, random_adapter
 from common import (MODEL_CHOICES, Spread, Timing, add_options, load_patient, prompt_ids, resolve_dtype, run_meta,
                     start, synchronize, write_results)
@@ -56,28 +56,26 @@ def main() -> None:
     dtype = torch.bfloat16 if args.dtype is None else resolve_dtype(args)
     patient, tokenizer, patient_label = load_patient(args.model, device, dtype)
     doctors = [random_adapter(patient, seed) for seed in range(args.doctors)]
-    stacked = shared_base_for(patient, doctors, [adapters.lora_deltas(d, patient) for d in doctors])
+    # The stacked copy with each kind of projection forward: the C++-bound op (eager decoding), the op through
+    # torch.ops (what torch.compile traces, here run eagerly), and the bound op with no adapter (its floor).
+    built = {name: SharedBase(patient, doctors, compiled=name == "torch_ops") for name in ("no_lora", "bound",
+                                                                                            "torch_ops")}
+    for stacked in built.values():
+        stacked.load(doctors)
     segments = 1 + args.doctors
+    for name, _ in built["no_lora"].projections:
+        module = built["no_lora"].model.get_submodule(name)
+        if type(module) is torch.nn.Linear:
+            module.forward = _C.BoundLinearSegmentedLora(module.weight, module.bias, [], [], [], [], segments)
     ids = prompt_ids(tokenizer, PROMPT, PROMPT_TOKENS, patient.config.vocab_size).to(device)
     ids = ids.expand(segments * args.batch, -1).contiguous()
-    no_lora = [(module, _C.BoundLinearSegmentedLora(module.weight, module.bias, [], [], [], [], segments))
-               for module, _ in stacked.forwards]
-
-    def install(name: str):
-        if name == "no_lora":
-            for module, forward in no_lora:
-                module.forward = forward
-        else:
-            stacked.install_forwards(compiled=name == "torch_ops")
-        return patient if name == "patient" else stacked.model
-
+    models = {"patient": patient, **{name: stacked.model for name, stacked in built.items()}}
     names = ("patient", "no_lora", "bound", "torch_ops")
     samples: dict[str, list[float]] = {name: [] for name in names}
     with torch.inference_mode():
         for _ in range(rounds):
             for name in names:
-                samples[name].append(median_step(install(name), ids, steps, device))
-    stacked.install_forwards(compiled=False)
+                samples[name].append(median_step(models[name], ids, steps, device))
     timing = {name: Timing.of(values) for name, values in samples.items()}
     dtype_label = str(dtype).removeprefix("torch.")
     rows = [{"config": name, "dtype": dtype_label, "batch": args.batch, "doctors": args.doctors, "rounds": rounds,

@@ -22,8 +22,9 @@ import argparse
 import torch
 
 import fastdoctor
-from fastdoctor.cli.main import doctor_path
-from fastdoctor import quality
+from fastdoctor import quality, shared_base
+from fastdoctor.adapters import AdapterDoctor
+from fastdoctor.doctors import bundled_doctor
 from fastdoctor.llmdoctor.data import bundled_preferences
 from fastdoctor.llmdoctor.doctor import load_doctor
 from fastdoctor.sequences import pack_sequences, run_lm
@@ -43,8 +44,9 @@ def greedy_agreement(patient, doctor_lm, completions: quality.Completions, beta:
             continue
         batch = pack_sequences([torch.tensor(completions.prompt_ids[i])], [torch.tensor(reply)])
         width = batch.response_ids.shape[1]
-        mixed = sum(w * torch.log_softmax(run_lm(m, batch).logits[:, -width - 1:-1].float(), dim=-1)
-                    for w, m in ((1.0, patient), (beta, doctor_lm)))
+        both = (shared_base.teacher_forced_logits(patient, [doctor_lm], batch) if isinstance(doctor_lm, AdapterDoctor)
+                else [run_lm(m, batch).logits for m in (patient, doctor_lm)])
+        mixed = sum(w * torch.log_softmax(z[:, -width - 1:-1].float(), dim=-1) for w, z in zip((1.0, beta), both))
         hits = (mixed.argmax(-1) == batch.response_ids) & batch.response_mask
         agree += int(hits.sum())
         total += int(batch.response_mask.sum())
@@ -68,7 +70,7 @@ def main() -> None:
     for dtype_label in ("float32", "bfloat16"):
         dtype = getattr(torch, dtype_label)
         patient, tokenizer = fastdoctor.load_model("default", dtype=dtype, device=args.device)
-        doctor = load_doctor(doctor_path("bundled:positivity"), patient=patient, tokenizer=tokenizer).lm
+        doctor = load_doctor(bundled_doctor("positivity"), patient=patient, tokenizer=tokenizer).lm
         models[dtype_label] = (patient, doctor)
         with torch.inference_mode():
             alone = quality.sample_completions(patient, tokenizer, prompts, **sampling)

@@ -183,6 +183,32 @@ def tiny_model(family: str, *, vocab: int = VOCAB, layers: int = 2, seed: int = 
     return model.eval()
 
 
+class Opaque(torch.nn.Module):
+    """A model as a separate doctor: it forwards to `inner` (a peft LoRA model, say) but is no LoRA model to
+    shared_base.plan, so generate runs it in a lane of its own. The reference the stacked forward is checked
+    against (the planner would otherwise stack a peft doctor of the patient's base weights)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def config(self):
+        return self.inner.config
+
+    def get_base_model(self):  # what kv_cache asks for the cache keyword
+        return self.inner.get_base_model() if hasattr(self.inner, "get_base_model") else self.inner
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, **kwargs):
+        return self.inner(**kwargs)
+
+
 def left_padded_prompts(batch: int = 3, length: int = 7, seed: int = 0, vocab: int = VOCAB):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (batch, length), generator=g)

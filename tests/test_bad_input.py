@@ -59,8 +59,8 @@ def run(**kwargs):
     (dict(doctors=[DOCTOR], betas=[float("inf")]), ValueError, r"betas\[0\]: expected finite mixing weights"),
     (dict(doctors=[DOCTOR], betas=["a"]), TypeError, r"betas\[0\]: expected a number"),
     (dict(doctors=[DOCTOR], betas=[1.0, 2.0]), ValueError, r"betas: expected one weight per doctor \(1\), got 2"),
-    (dict(doctors=DOCTOR), TypeError, "doctors: expected a list of HF causal LMs, got LlamaForCausalLM"),
-    (dict(doctors=[None]), TypeError, r"doctors\[0\]: expected an HF causal LM, got NoneType"),
+    (dict(doctors=DOCTOR), TypeError, r"doctors: expected a list of doctors \(AdapterDoctors or HF causal LMs\), got LlamaForCausalLM"),
+    (dict(doctors=[None]), TypeError, r"doctors\[0\]: expected an AdapterDoctor or an HF causal LM, got NoneType"),
     (dict(streamer=5), TypeError, r"streamer: expected an HF streamer \(with put\(\) and end\(\)\), got int"),
 ])
 def test_generate_refuses(kwargs, error, match):

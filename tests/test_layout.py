@@ -82,3 +82,38 @@ def test_no_python_file_does_two_jobs():
     # DESIGN.md: a file past about 400 lines is doing two jobs.
     long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 420}
     assert not long, f"files over 420 lines: {long}"
+
+
+def test_doctors_reach_the_kernels_from_generate_without_turning_back():
+    """generate -> shared_base -> kernels: generate hands its doctors to shared_base alone (which plans, stacks
+    and calls the kernels), and nothing shared_base uses imports generate or shared_base back."""
+    imports = {m: imported_modules(PACKAGE / f"{m}.py") for m in ("generate", "shared_base", "adapters", "weights")}
+    assert "fastdoctor.shared_base" in imports["generate"]
+    assert not {"fastdoctor.adapters", "fastdoctor.weights"} & imports["generate"]
+    assert {"fastdoctor._C", "fastdoctor.adapters", "fastdoctor.weights"} <= imports["shared_base"]
+    for below in ("adapters", "weights"):
+        assert not {"fastdoctor.generate", "fastdoctor.shared_base"} & imports[below], below
+
+
+def test_library_code_never_exits_the_process():
+    """Refusals are exceptions; only the command line turns them into messages and exit codes."""
+    exits = []
+    for path in PACKAGE.rglob("*.py"):
+        if part_of(module_name(path)) == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and "SystemExit" in ast.unparse(node):
+                exits.append(f"{module_name(path)}:{node.lineno}")
+    assert not exits, exits
+
+
+def test_the_commands_do_not_import_each_other():
+    for path in (PACKAGE / "cli").glob("*.py"):
+        if path.stem not in ("main", "__main__", "__init__"):
+            assert "fastdoctor.cli.main" not in imported_modules(path), path.name
+
+
+def test_one_helper_writes_and_checks_the_vocabulary_record():
+    users = [module_name(p) for p in PACKAGE.rglob("*.py") if p.name != "tokens.py" and
+             "vocab_fingerprint" in p.read_text()]
+    assert not users, f"write vocab_record(tokenizer) and check with check_vocab(...), not by hand: {users}"

@@ -1,5 +1,6 @@
 """The shared-base forward (fastdoctor.shared_base): the patient and its LoRA adapter doctors in one stacked
-batch equal the same doctors run as separate peft models (unmerged), step by step; and the adapter files."""
+batch equal the same doctors run as separate peft models (unmerged), step by step; the planner and the pool
+of stacked copies."""
 from __future__ import annotations
 
 import copy
@@ -11,9 +12,9 @@ import torch
 from peft import PeftModel
 
 import fastdoctor
-from fastdoctor import adapters
+from fastdoctor import adapters, shared_base, weights
 from fastdoctor.lora import attach_lora
-from conftest import VOCAB, left_padded_prompts, tiny_model
+from conftest import VOCAB, Opaque, left_padded_prompts, tiny_model
 
 FAMILIES = ["llama", "qwen2", "gpt2"]
 
@@ -21,23 +22,27 @@ FAMILIES = ["llama", "qwen2", "gpt2"]
 def random_adapter(patient, folder, seed: int, rank: int = 4):
     """A peft LoRA of `patient` with random non-zero A and B, saved in peft's format to `folder`."""
     torch.manual_seed(seed)
-    lm = attach_lora(adapters.weight_sharing_copy(patient), rank=rank)
+    lm = attach_lora(weights.weight_sharing_copy(patient), rank=rank)
     with torch.no_grad():
         for name, p in lm.named_parameters():
             if "lora_" in name:
                 p.normal_(0.0, 0.3)
-    lm.save_pretrained(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    adapters.save_adapter(lm, folder)  # peft's files and base.json, as fastdoctor writes them
     return folder
 
 
-def shared_and_separate(patient, folder):
-    """The adapter loaded as fastdoctor does (over the patient's own weights) and as a plain peft model over
-    a private copy of the patient (the separate-model path)."""
-    shared = adapters.load_adapter_lm(folder, patient)
+def peft_copy(patient, folder):
+    """The adapter as a plain peft model over a private copy of the patient."""
     with warnings.catch_warnings():  # peft calls a transformers API that transformers 5 marks deprecated
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        separate = PeftModel.from_pretrained(copy.deepcopy(patient), str(folder)).eval()
-    return shared, separate
+        return PeftModel.from_pretrained(copy.deepcopy(patient), str(folder)).eval()
+
+
+def shared_and_separate(patient, folder):
+    """The adapter loaded as fastdoctor does (an AdapterDoctor, run in the patient's stacked forward) and as a
+    peft model over a private copy of the patient that generate runs as a separate model."""
+    return adapters.load_adapter(folder, patient), Opaque(peft_copy(patient, folder))
 
 
 class LogitRecorder:
@@ -121,34 +126,34 @@ def test_a_bf16_patient_reads_bf16_adapter_weights_and_matches_peft(tmp_path):
     """In bf16 the stacked copy keeps the LoRA weights in bf16 (half the bytes per step); for an adapter whose
     weights are bf16 values (as the bundled doctors are saved) that is exact, so the prefill logits equal the
     separate peft model's within bf16 rounding of the base matmuls."""
-    from fastdoctor import shared_base
-
     patient = tiny_model("llama", seed=0).to(torch.bfloat16)
     folder = random_adapter(patient, tmp_path / "a", seed=1)
+    lm = peft_copy(patient, folder)
+    with torch.no_grad():  # the adapter's weights as bf16 values (peft may hold them in fp32)
+        for name, p in lm.named_parameters():
+            if "lora_" in name:
+                p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    adapters.save_adapter(lm, folder)
     shared, separate = shared_and_separate(patient, folder)
-    with torch.no_grad():  # the adapter's weights as bf16 values in both models (peft may hold them in fp32)
-        for lm in (shared, separate):
-            for name, p in lm.named_parameters():
-                if "lora_" in name:
-                    p.copy_(p.to(torch.bfloat16).to(p.dtype))
+    assert shared.dtype == torch.bfloat16
     _, a = run(patient, [shared], [0.7], temperature=0.0)
     _, b = run(patient, [separate], [0.7], temperature=0.0)
     for za, zb in zip(a[0], b[0]):  # the prefill step: identical inputs
         torch.testing.assert_close(za.float(), zb.float(), rtol=2e-2, atol=2e-2)
     assert not torch.equal(a[0][1], a[0][0])  # the doctor's lane differs from the patient's
-    (_, built), = shared_base._BUILT[patient]
-    weights = [w for projection in built.projections for w in (*projection.shrink, *projection.expand)]
-    assert weights and all(w.dtype == torch.bfloat16 for w in weights)
+    entry, = shared_base._POOL[patient]
+    buffers = [w for _, projection in entry.built.projections for w in (*projection.shrink, *projection.expand)]
+    assert buffers and all(w.dtype == torch.bfloat16 for w in buffers)
 
 
 def test_the_patient_and_the_doctors_own_forwards_are_not_called(tmp_path):
     """The stacked lane replaces them: one forward per step for all three models."""
     patient = tiny_model("llama", seed=0)
-    doctors = [adapters.load_adapter_lm(random_adapter(patient, tmp_path / n, seed=s), patient)
+    doctors = [adapters.load_adapter(random_adapter(patient, tmp_path / n, seed=s), patient)
                for n, s in (("a", 1), ("b", 2))]
     run(patient, doctors, [0.5, 0.5], temperature=0.0)  # builds the stacked copy (it would copy the hooks below)
     calls = []
-    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in (patient, *doctors)]
+    handles = [m.register_forward_hook(lambda *_: calls.append(1)) for m in (patient,)]
     try:
         run(patient, doctors, [0.5, 0.5], temperature=0.0)
     finally:
@@ -159,8 +164,8 @@ def test_the_patient_and_the_doctors_own_forwards_are_not_called(tmp_path):
 
 def test_merged_doctors_agree_within_tolerance(tmp_path):
     patient = tiny_model("llama", seed=0)
-    shared, separate = shared_and_separate(patient, random_adapter(patient, tmp_path / "a", seed=1))
-    merged = separate.merge_and_unload()
+    folder = random_adapter(patient, tmp_path / "a", seed=1)
+    shared, merged = adapters.load_adapter(folder, patient), peft_copy(patient, folder).merge_and_unload()
     _, a = run(patient, [shared], [1.0], temperature=0.0)
     _, b = run(patient, [merged], [1.0], temperature=0.0)
     for za, zb in zip(a[0], b[0]):  # the prefill step: same inputs, merged vs unmerged weights
@@ -174,7 +179,7 @@ def test_the_patient_is_unchanged_by_a_guided_call(tmp_path):
     before = patient.generate(ids, **greedy)
     modules_before = [(n, type(m)) for n, m in patient.named_modules()]
     grads_before = [p.requires_grad for p in patient.parameters()]
-    doctor = adapters.load_adapter_lm(random_adapter(patient, tmp_path / "a", seed=1), patient)
+    doctor = adapters.load_adapter(random_adapter(patient, tmp_path / "a", seed=1), patient)
     run(patient, [doctor], [1.0], temperature=0.0)
     assert torch.equal(patient.generate(ids, **greedy), before)
     assert [(n, type(m)) for n, m in patient.named_modules()] == modules_before
@@ -186,12 +191,13 @@ def test_the_patient_is_unchanged_by_a_guided_call(tmp_path):
 def test_an_adapter_loaded_against_another_base_is_refused(tmp_path):
     patient, other = tiny_model("llama", seed=0), tiny_model("llama", seed=5)
     folder = random_adapter(patient, tmp_path / "a", seed=1)
-    fingerprint = adapters.base_fingerprint(patient)
-    assert adapters.base_fingerprint(patient.to(torch.bfloat16).float()) == fingerprint  # dtype does not matter
+    fingerprint = weights.fingerprint(patient)
+    assert weights.fingerprint(copy.deepcopy(patient).to(torch.bfloat16).float()) == fingerprint  # dtype: no matter
     with pytest.raises(ValueError, match="trained on another base model"):
-        adapters.load_adapter_lm(folder, other, expected_fingerprint=fingerprint)
-    with pytest.raises(ValueError, match="does not fit this patient|another architecture"):
-        adapters.load_adapter_lm(folder, tiny_model("gpt2", seed=0))
+        adapters.load_adapter(folder, other, expected_fingerprint=fingerprint)
+    (folder / "base.json").unlink()  # no record: the file's keys still have to fit the patient's modules
+    with pytest.raises(ValueError, match="not a projection of this patient"):
+        adapters.load_adapter(folder, tiny_model("gpt2", seed=0))
 
 
 @pytest.mark.parametrize("damage,match", [
@@ -205,23 +211,14 @@ def test_a_damaged_adapter_gives_a_clear_error(tmp_path, damage, match):
     folder = random_adapter(patient, tmp_path / "a", seed=1)
     damage(folder)
     with pytest.raises(ValueError, match=match):
-        adapters.load_adapter_lm(folder, patient)
+        adapters.load_adapter(folder, patient)
 
 
-def test_a_peft_model_over_a_copy_of_the_patient_runs_as_a_separate_model(tmp_path):
-    """Only a doctor whose base weights are the patient's own tensors joins the stacked lane."""
-    patient = tiny_model("llama", seed=0)
-    shared, separate = shared_and_separate(patient, random_adapter(patient, tmp_path / "a", seed=1))
-    assert adapters.lora_deltas(shared, patient) is not None
-    assert adapters.lora_deltas(separate, patient) is None
-    assert adapters.lora_deltas(tiny_model("llama", seed=0), patient) is None
-
-
-def test_threads_with_different_batch_sizes_share_the_stacked_copy(tmp_path):
+def test_threads_with_different_batch_sizes_each_get_their_tokens(tmp_path):
     import threading
 
     patient = tiny_model("llama", seed=0)
-    doctor = adapters.load_adapter_lm(random_adapter(patient, tmp_path / "a", seed=1), patient)
+    doctor = adapters.load_adapter(random_adapter(patient, tmp_path / "a", seed=1), patient)
     ids, mask = left_padded_prompts(batch=3)
     jobs = {1: (ids[:1], mask[:1]), 3: (ids, mask)}
 
@@ -266,20 +263,20 @@ def test_the_compiled_decode_step_runs_the_stacked_forward(tmp_path):
 def test_each_mode_installs_a_forward_it_can_run(tmp_path):
     """Eager decode gets the C++-bound projection forward; a compiled decode step gets the op, which dynamo traces
     whole (fullgraph: a graph break per projection would silently run 200 small graphs). Both give one result,
-    and switching back and forth leaves the patient's own modules alone."""
+    each in a stacked copy of its own, and the patient's own modules are left alone."""
     from fastdoctor import _C
-    from fastdoctor.shared_base import shared_base_for
 
     patient = tiny_model("llama", seed=0)
-    shared = adapters.load_adapter_lm(random_adapter(patient, tmp_path / "a", seed=1), patient)
-    stacked = shared_base_for(patient, [shared], [adapters.lora_deltas(shared, patient)])
-    module, _ = stacked.forwards[0]
-    x = torch.randn(2, 1, module.in_features)
+    shared = adapters.load_adapter(random_adapter(patient, tmp_path / "a", seed=1), patient)
     with torch.inference_mode():
-        stacked.prepare(compiled=False)
-        assert isinstance(module.forward, _C.BoundLinearSegmentedLora)
-        eager = module(x)
-        stacked.prepare(compiled=True)
-        traced = torch.compile(module.forward, fullgraph=True, dynamic=False)(x)
+        with shared_base.stacked(patient, [shared], compiled=False) as eager_model, \
+                shared_base.stacked(patient, [shared], compiled=True) as compiled_model:
+            assert eager_model is not compiled_model
+            name = sorted(shared.projections)[0]
+            eager_module, traced_module = eager_model.get_submodule(name), compiled_model.get_submodule(name)
+            assert isinstance(eager_module.forward, _C.BoundLinearSegmentedLora)
+            x = torch.randn(2, 1, eager_module.in_features)
+            eager = eager_module(x)
+            traced = torch.compile(traced_module.forward, fullgraph=True, dynamic=False)(x)
     assert torch.equal(eager, traced)
     assert all("forward" not in vars(m) for m in patient.modules())

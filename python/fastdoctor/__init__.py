@@ -6,6 +6,8 @@ kernels registered under torch.ops.fastdoctor.
 import torch  # noqa: F401  (must load before _C: the extension links against torch's libraries)
 
 from . import _C
+from .adapters import AdapterDoctor
+from .doctors import load_doctor
 from .generate import generate
 from .hf_generate import guided
 from .models import load_model, make_doctor
@@ -13,5 +15,5 @@ from .ops import mixed_sampling_from_logits, routed_sampling_from_logits
 
 __version__ = _C.build_info()["version"]
 
-__all__ = ["__version__", "generate", "guided", "load_model", "make_doctor", "mixed_sampling_from_logits",
-           "routed_sampling_from_logits"]
+__all__ = ["__version__", "AdapterDoctor", "generate", "guided", "load_doctor", "load_model", "make_doctor",
+           "mixed_sampling_from_logits", "routed_sampling_from_logits"]

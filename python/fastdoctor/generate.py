@@ -10,27 +10,30 @@ device except every `eos_check_interval` steps.
 """
 from __future__ import annotations
 
-import weakref
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
 
-from . import ops
-from .adapters import lora_deltas
+from . import ops, shared_base
+from .compiled import GATE, STATIC_CACHE_BUCKET, decode_step
 from .kv_cache import cache_kwargs, output_cache
 from .models import logits_width
-from .shared_base import shared_base_for
 from .steering import FixedWeights, RowSampling, Steering, as_steering
 
 def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _check_models(patient, doctors: Sequence, device: torch.device, vocab_size: int | None) -> int:
-    widths = [logits_width(patient)] + [logits_width(d) for d in doctors]
-    for i, doctor in enumerate(doctors):
-        if _device_of(doctor) != device:
-            raise ValueError(f"doctors[{i}]: on {_device_of(doctor)}, but the patient is on {device}; "
+def _check_models(patient, doctors: Sequence, separate: Sequence[int], device: torch.device,
+                  vocab_size: int | None) -> int:
+    """The vocabulary the mix samples from. Stacked doctors emit the patient's logits width by construction;
+    separate ones must match it and sit on the patient's device."""
+    widths = [logits_width(patient)] + [logits_width(d) if i in separate else logits_width(patient)
+                                         for i, d in enumerate(doctors)]
+    for i in separate:
+        if _device_of(doctors[i]) != device:
+            raise ValueError(f"doctors[{i}]: on {_device_of(doctors[i])}, but the patient is on {device}; "
                              "put every model on one device")
     if vocab_size is not None:
         if not _is_int(vocab_size) or not 0 < vocab_size <= min(widths):
@@ -46,10 +49,8 @@ def _check_models(patient, doctors: Sequence, device: torch.device, vocab_size: 
 
 def _check_doctor_list(doctors) -> list:
     if isinstance(doctors, torch.nn.Module) or not isinstance(doctors, (list, tuple)):
-        raise TypeError(f"doctors: expected a list of HF causal LMs, got {type(doctors).__name__}")
-    for i, doctor in enumerate(doctors):
-        if not (isinstance(doctor, torch.nn.Module) and callable(getattr(doctor, "get_output_embeddings", None))):
-            raise TypeError(f"doctors[{i}]: expected an HF causal LM, got {type(doctor).__name__}")
+        raise TypeError(f"doctors: expected a list of doctors (AdapterDoctors or HF causal LMs), got "
+                        f"{type(doctors).__name__}")
     return list(doctors)
 
 
@@ -118,35 +119,6 @@ def _check_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
                              f"{max_new_tokens} new tokens needs {needed} positions, more than {who}'s {limit}")
 
 
-_COMPILED_DECODE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-STATIC_CACHE_BUCKET = 128  # static caches round their length up to this, so one compiled graph serves many calls
-
-
-def _decode_function(model, compiled: bool):
-    """model itself, or its forward compiled once per model for static-shape decode steps.
-
-    On the CPU this fuses the small ops of a decode step (a few per cent on SmolLM2-135M); on CUDA,
-    reduce-overhead mode captures the step in a CUDA graph. Compiled graphs may bake in weights: after
-    changing a model's weights in place, call forget_compiled(model)."""
-    if not compiled:
-        return model
-    function = _COMPILED_DECODE.get(model)
-    if function is None:
-        if _device_of(model).type == "cuda":
-            function = torch.compile(model.forward, mode="reduce-overhead", dynamic=False)
-        else:
-            # No weight freezing: with a StaticCache passed in, frozen graphs baked the cache's position
-            # counter in as a constant (torch 2.13) and indexed out of bounds on the next call.
-            function = torch.compile(model.forward, dynamic=False)
-        _COMPILED_DECODE[model] = function
-    return function
-
-
-def forget_compiled(model) -> None:
-    """Drops the compiled decode step of `model` (needed after its weights change)."""
-    _COMPILED_DECODE.pop(model, None)
-
-
 def _new_cache(model, static_length: int | None):
     if static_length is None:
         return None  # the model creates a DynamicCache at prefill
@@ -161,7 +133,7 @@ class _Lane:
 
     def __init__(self, model, slots: list[int], compiled: bool):
         self.model, self.slots, self.repeat = model, slots, len(slots)
-        self.forward = _decode_function(model, compiled)
+        self.forward = decode_step(model, compiled)
         self.cache = None
 
     def _stack(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -177,9 +149,10 @@ class _Lane:
         # Its slice of [B, L, H] is not contiguous, and torch 2.13's CPU F.linear of such an input with a frozen
         # weight expands the LM head to [B, H, V] (1 s instead of 4 ms for a bf16 prefill of 16 rows).
         last = torch.tensor([input_ids.shape[1] - 1], device=input_ids.device)
-        out = self.model(input_ids=self._stack(input_ids), attention_mask=self._stack(attention_mask),
-                         position_ids=self._stack(position_ids), **cache_kwargs(self.model, self.cache),
-                         use_cache=True, logits_to_keep=last)
+        with GATE.eager():  # the prefill is eager in either mode (compiled: see fastdoctor.compiled)
+            out = self.model(input_ids=self._stack(input_ids), attention_mask=self._stack(attention_mask),
+                             position_ids=self._stack(position_ids), **cache_kwargs(self.model, self.cache),
+                             use_cache=True, logits_to_keep=last)
         self._scatter(out, logits)
 
     def decode(self, tokens, attention_mask, position_ids, logits: list) -> None:
@@ -189,17 +162,17 @@ class _Lane:
         self._scatter(out, logits)
 
 
-def _lanes(patient, doctors: list, compiled: bool) -> list[_Lane]:
-    """The patient and every LoRA doctor of it in one stacked lane; each other doctor in a lane of its own."""
-    deltas = [lora_deltas(d, patient) for d in doctors]
-    adapters = [i for i, d in enumerate(deltas) if d is not None]
-    if adapters:
-        stacked = shared_base_for(patient, [doctors[i] for i in adapters], [deltas[i] for i in adapters])
-        stacked.prepare(compiled)
-        lanes = [_Lane(stacked.model, [0] + [i + 1 for i in adapters], compiled)]
-    else:
-        lanes = [_Lane(patient, [0], compiled)]
-    return lanes + [_Lane(d, [i + 1], compiled) for i, d in enumerate(doctors) if deltas[i] is None]
+@contextlib.contextmanager
+def _lanes(patient, doctors: list, plan: shared_base.Plan, compiled: bool):
+    """The patient and its stacked doctors in one lane (a stacked copy lent by shared_base for this call);
+    each separate doctor in a lane of its own."""
+    with contextlib.ExitStack() as stack:
+        if plan.adapters:
+            model = stack.enter_context(shared_base.stacked(patient, plan.adapters, compiled))
+            lanes = [_Lane(model, [0] + [i + 1 for i in plan.stacked], compiled)]
+        else:
+            lanes = [_Lane(patient, [0], compiled)]
+        yield lanes + [_Lane(doctors[i], [i + 1], compiled) for i in plan.separate]
 
 
 @torch.inference_mode()
@@ -228,7 +201,10 @@ def generate(
     """Sample from p_patient^alpha * prod_i p_doctor_i^beta_i, token by token, with per-model KV caches.
 
     Args:
-      patient, doctors: HF causal LMs sharing one vocabulary (Llama, Qwen2, GPT-2, ...), on one device.
+      patient: an HF causal LM (Llama, Qwen2, GPT-2, ...).
+      doctors: AdapterDoctors of the patient (fastdoctor.load_doctor) and HF causal LMs sharing its vocabulary,
+        on its device. shared_base.plan decides which run inside the patient's forward (every AdapterDoctor,
+        and peft LoRA models of the patient's base weights); the others run as separate models.
       input_ids: LongTensor [B, L], left-padded when rows differ in length (give attention_mask then).
       alpha, betas: the patient's weight and one weight per doctor (default 1.0 each); each a scalar or
         per-row, so one batch can serve requests with different preference strengths.
@@ -246,6 +222,7 @@ def generate(
         device); default 1 on the CPU, 8 on GPUs.
       compile: static KV caches and a torch.compile'd decode step per model (compiled once per model and
         shape; the first call pays the compilation, tens of seconds on a CPU). Treats weights as frozen.
+        Compiled steps run one at a time, never beside another forward (fastdoctor.compiled).
 
     Returns:
       LongTensor [B, L + new], the prompt followed by the new tokens (fewer than max_new_tokens when every
@@ -264,7 +241,8 @@ def generate(
     device = _device_of(patient)
     if input_ids.device != device:
         raise ValueError(f"input_ids: on {input_ids.device}, but the patient is on {device}")
-    vocab = _check_models(patient, doctors, device, vocab_size)
+    plan = shared_base.plan(patient, doctors)
+    vocab = _check_models(patient, doctors, plan.separate, device, vocab_size)
     batch = input_ids.shape[0]
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -273,7 +251,7 @@ def generate(
         got = (f"shape {list(attention_mask.shape)} on {attention_mask.device}"
                if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__)
         raise ValueError(f"attention_mask: expected a tensor of shape {list(input_ids.shape)} on {device}, got {got}")
-    _check_prompt(input_ids, attention_mask, max_new_tokens, [patient, *doctors])
+    _check_prompt(input_ids, attention_mask, max_new_tokens, [patient, *(doctors[i] for i in plan.separate)])
     if betas is None:
         betas = [1.0] * len(doctors)
     if len(betas) != len(doctors):
@@ -305,50 +283,50 @@ def generate(
             raise TypeError(f"streamer: expected an HF streamer (with put() and end()), got {type(streamer).__name__}")
         streamer.put(input_ids.cpu())
     prompt_length = input_ids.shape[1]
-    lanes = _lanes(patient, doctors, compile)
-    needed = prompt_length + max_new_tokens
-    static_length = -(-needed // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET if compile else None
-    for lane in lanes:
-        lane.cache = _new_cache(lane.model, static_length)
-    # One attention mask for the whole run, filled in as tokens arrive: the dynamic path attends to the
-    # filled prefix, the static path to the full (static-shape) width with zeros for future positions.
-    width = static_length or needed
-    full_mask = torch.zeros(batch, width, dtype=torch.int64, device=device)
-    full_mask[:, :prompt_length] = attention_mask
-    positions = (full_mask[:, :prompt_length].cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)  # HF's rule
-    logits: list[torch.Tensor] = [None] * (1 + len(doctors))
-    for lane in lanes:
-        lane.prefill(input_ids, full_mask[:, :prompt_length], positions, logits)
-    next_position = positions[:, -1:] + 1
-
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    invalid = torch.zeros(batch, dtype=torch.bool, device=device)
-    new_tokens: list[torch.Tensor] = []
-    all_finished: list[torch.Tensor] = []  # per step, on the device: trims trailing all-pad steps at the end
-    for index in range(max_new_tokens):
-        tokens = steering.sample_step(logits, sampling)
-        invalid |= tokens < 0
-        tokens = tokens.clamp_min(0)  # a -1 (invalid logits) must not reach an embedding lookup
-        if eos_ids:
-            tokens = torch.where(finished, pad, tokens)
-            finished |= torch.isin(tokens, eos_t)
-            all_finished.append(finished.all())
-        new_tokens.append(tokens)
-        if streamer is not None:
-            streamer.put(tokens.cpu())
-        last = index + 1 == max_new_tokens
-        if last or (index + 1) % interval == 0:
-            if bool(invalid.any()):
-                rows = invalid.nonzero().flatten().tolist()
-                raise ValueError(f"generate: the mixed logits of rows {rows} held NaN or +inf at step {index}")
-            if last or (eos_ids and bool(finished.all())):
-                break
-        step += 1
-        full_mask[:, prompt_length + index] = 1
-        mask = full_mask if compile else full_mask[:, : prompt_length + index + 1]
+    with _lanes(patient, doctors, plan, compile) as lanes:
+        needed = prompt_length + max_new_tokens
+        static_length = -(-needed // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET if compile else None
         for lane in lanes:
-            lane.decode(tokens.unsqueeze(1), mask, next_position, logits)
-        next_position = next_position + 1
+            lane.cache = _new_cache(lane.model, static_length)
+        # One attention mask for the whole run, filled in as tokens arrive: the dynamic path attends to the
+        # filled prefix, the static path to the full (static-shape) width with zeros for future positions.
+        width = static_length or needed
+        full_mask = torch.zeros(batch, width, dtype=torch.int64, device=device)
+        full_mask[:, :prompt_length] = attention_mask
+        positions = (full_mask[:, :prompt_length].cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)  # HF's rule
+        logits: list[torch.Tensor] = [None] * (1 + len(doctors))
+        for lane in lanes:
+            lane.prefill(input_ids, full_mask[:, :prompt_length], positions, logits)
+        next_position = positions[:, -1:] + 1
+
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        invalid = torch.zeros(batch, dtype=torch.bool, device=device)
+        new_tokens: list[torch.Tensor] = []
+        all_finished: list[torch.Tensor] = []  # per step, on the device: trims trailing all-pad steps at the end
+        for index in range(max_new_tokens):
+            tokens = steering.sample_step(logits, sampling)
+            invalid |= tokens < 0
+            tokens = tokens.clamp_min(0)  # a -1 (invalid logits) must not reach an embedding lookup
+            if eos_ids:
+                tokens = torch.where(finished, pad, tokens)
+                finished |= torch.isin(tokens, eos_t)
+                all_finished.append(finished.all())
+            new_tokens.append(tokens)
+            if streamer is not None:
+                streamer.put(tokens.cpu())
+            last = index + 1 == max_new_tokens
+            if last or (index + 1) % interval == 0:
+                if bool(invalid.any()):
+                    rows = invalid.nonzero().flatten().tolist()
+                    raise ValueError(f"generate: the mixed logits of rows {rows} held NaN or +inf at step {index}")
+                if last or (eos_ids and bool(finished.all())):
+                    break
+            step += 1
+            full_mask[:, prompt_length + index] = 1
+            mask = full_mask if compile else full_mask[:, : prompt_length + index + 1]
+            for lane in lanes:
+                lane.decode(tokens.unsqueeze(1), mask, next_position, logits)
+            next_position = next_position + 1
     if streamer is not None:
         streamer.end()
     if not new_tokens:

@@ -137,7 +137,10 @@ def hidden_size(config) -> int:
 
 
 def logits_width(model) -> int:
-    """The number of logits the model emits per position (its output embedding rows)."""
+    """The number of logits the model emits per position (its output embedding rows; an AdapterDoctor's is its
+    patient's)."""
+    if isinstance(getattr(model, "logits_width", None), int):
+        return model.logits_width
     head = model.get_output_embeddings()
     if head is None or not hasattr(head, "weight"):
         return int(model.config.vocab_size)

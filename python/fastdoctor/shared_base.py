@@ -7,19 +7,110 @@ segment only, that doctor's delta scale * (x @ A.T) @ B.T. The base weights are 
 models, and the stacked batch keeps one KV cache. Segment 0 (the patient) gets no delta, so its rows compute
 exactly the patient's plain forward.
 
-The copy is built once per (patient, doctors) and kept while they live. It reads the doctors' LoRA tensors
-afresh at the start of every generate call, so it follows their training.
+plan(patient, doctors) decides, in one place, which doctors join: every AdapterDoctor (fastdoctor.adapters)
+of this patient's base weights, and every peft LoRA model whose base weights have the patient's fingerprint,
+dtype and device (a snapshot of its current LoRA tensors). The decision is by fingerprint, not by tensor
+identity, so a doctor loaded against a reloaded, equal patient joins too; every other doctor runs as a separate
+model, and the plan says why.
+
+stacked(patient, adapters, compiled) lends a stacked copy for one call. Copies are pooled per patient and per
+layout (which projections, ranks and scales each segment has; eager or compiled), a copy is lent to one call
+at a time, the doctors' current LoRA tensors are copied into it at every loan (never stale), and at most
+MAX_IDLE idle copies are kept per patient.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
+import itertools
+import threading
+import warnings
 import weakref
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
 
-from . import _C
-from .adapters import LoraDelta, weight_sharing_copy
+from . import _C, weights
+from .adapters import AdapterDoctor, LoraProjection, is_lora_model, snapshot
+
+MAX_IDLE = 4  # idle stacked copies kept per patient (each is module objects and LoRA buffers, not weights)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Which doctors run inside the patient's forward (`stacked`, in segment order 1, 2, ..., with their
+    `adapters`) and which run as separate models (`separate`, with `reasons[i]` saying why)."""
+
+    stacked: tuple[int, ...]
+    adapters: tuple[AdapterDoctor, ...]
+    separate: tuple[int, ...]
+    reasons: Mapping[int, str]
+
+    def describe(self) -> str:
+        lines = [f"doctors[{i}]: in the patient's stacked forward (segment {k + 1})" for k, i in enumerate(self.stacked)]
+        lines += [f"doctors[{i}]: a separate model: {self.reasons[i]}" for i in self.separate]
+        return "\n".join(sorted(lines))
+
+
+_WARNED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _warn_once(doctor: nn.Module, index: int, reason: str) -> None:
+    if doctor in _WARNED:
+        return
+    _WARNED.add(doctor)
+    warnings.warn(f"doctors[{index}] is a LoRA model of the patient's base weights but runs as a separate model "
+                  f"({reason}): same tokens, without the shared-base speed-up", RuntimeWarning, stacklevel=4)
+
+
+def _first(model: nn.Module) -> torch.Tensor:
+    return next(model.parameters())
+
+
+def plan(patient: nn.Module, doctors: Sequence) -> Plan:
+    """The plan for `doctors` (AdapterDoctors and HF causal LMs, peft LoRA models among them) with `patient`.
+    An AdapterDoctor of another base is a ValueError; a peft doctor of the patient's base that cannot be stacked
+    gets one RuntimeWarning."""
+    patient_fingerprint = weights.fingerprint(patient)
+    base = _first(patient)
+    stacked, adapters, separate, reasons = [], [], [], {}
+    for index, doctor in enumerate(doctors):
+        if isinstance(doctor, AdapterDoctor):
+            if doctor.base_fingerprint != patient_fingerprint:
+                raise ValueError(f"doctors[{index}]: {doctor!r} adapts another base model than this patient (the "
+                                 "base-weight fingerprints differ); use it with the patient it was trained on")
+            stacked.append(index)
+            adapters.append(doctor)
+            continue
+        if not (isinstance(doctor, nn.Module) and callable(getattr(doctor, "get_output_embeddings", None))):
+            raise TypeError(f"doctors[{index}]: expected an AdapterDoctor or an HF causal LM, got "
+                            f"{type(doctor).__name__}")
+        if not is_lora_model(doctor):
+            separate.append(index)
+            reasons[index] = "not a LoRA model of the patient"
+            continue
+        if weights.fingerprint(doctor) != patient_fingerprint:
+            separate.append(index)
+            reasons[index] = "its base weights are another model's (the fingerprints differ)"
+            continue
+        adapter, why = snapshot(doctor)
+        theirs = _first(doctor.get_base_model())
+        if adapter is None:
+            reason = why
+        elif theirs.dtype != base.dtype:
+            reason = f"its base weights are {theirs.dtype}, the patient's {base.dtype}"
+        elif theirs.device != base.device:
+            reason = f"its base weights are on {theirs.device}, the patient's on {base.device}"
+        else:
+            stacked.append(index)
+            adapters.append(adapter)
+            continue
+        separate.append(index)
+        reasons[index] = reason
+        _warn_once(doctor, index, reason)
+    return Plan(tuple(stacked), tuple(adapters), tuple(separate), reasons)
 
 
 class StackedLoRA:
@@ -32,7 +123,8 @@ class StackedLoRA:
     step is memory-bound, and float32 LoRA weights of two rank-8 doctors on every projection are 7% of the bytes
     of the bf16 patient's own weights; bf16 halves that (punica and vLLM keep LoRA weights in the model's dtype).
     It is exact for adapters saved in bf16 (the bundled doctors); others are rounded once to bf16, as the base
-    weights were. The accumulation stays float32.
+    weights were. The accumulation stays float32. The weights live in buffers of this projection's own, which
+    every loan refills from the doctors' current tensors.
 
     It is installed as the copy's module's own `forward` rather than as a wrapper module: this runs once per
     projection per step, and a module call of its own cost about 12% of the LoRA time at B = 1. For an
@@ -41,33 +133,26 @@ class StackedLoRA:
     each call is one typed dispatcher call; through torch.ops the op parsed its four lists on every call, 2-3 us
     of a ~26 us bf16 projection); for torch.compile it is the op with functools.partial, which dynamo traces.
     Other modules (GPT-2's Conv1D) call the base forward, then segmented_lora_. The stacked batch is
-    `segment_count` equal segments, so each call reads its rows per segment off x: concurrent calls with
-    different batch sizes share one copy."""
+    `segment_count` equal segments, so each call reads its rows per segment off x."""
 
-    def __init__(self, module: nn.Module, deltas: dict[int, LoraDelta], segment_count: int):
+    def __init__(self, module: nn.Module, layout: dict[int, LoraProjection], segment_count: int):
         self.base_forward = module.forward
-        self.segments = sorted(deltas)
-        self.sources = [deltas[s] for s in self.segments]
-        self.scales = [d.scale for d in self.sources]
+        self.segments = sorted(layout)
+        self.scales = [layout[s].scale for s in self.segments]
         self.segment_count = segment_count
-        self.weight_dtype = torch.bfloat16 if module.weight.dtype == torch.bfloat16 else torch.float32
-        self.shrink: list[torch.Tensor] = []
-        self.expand: list[torch.Tensor] = []
-        self.refresh()
+        weight = module.weight
+        self.weight_dtype = torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float32
+        self.shrink = [torch.empty(layout[s].a.shape, dtype=self.weight_dtype, device=weight.device)
+                       for s in self.segments]
+        self.expand = [torch.empty(layout[s].b.shape[::-1], dtype=self.weight_dtype, device=weight.device)
+                       for s in self.segments]
 
     @torch.no_grad()
-    def refresh(self) -> None:
-        """Re-reads the doctors' LoRA weights into the layout the kernel reads (lora_A as it is when it already
-        has the weight dtype, lora_B transposed), since the doctors may have trained since the last call."""
-        if not self.expand:
-            self.shrink = [d.a.detach() if d.a.dtype == self.weight_dtype and d.a.is_contiguous()
-                           else d.a.detach().to(self.weight_dtype).contiguous() for d in self.sources]
-            self.expand = [d.b.detach().to(self.weight_dtype).t().contiguous() for d in self.sources]
-            return
-        for copy_a, copy_b, d in zip(self.shrink, self.expand, self.sources):
-            if copy_a.data_ptr() != d.a.data_ptr():
-                copy_a.copy_(d.a.detach())
-            copy_b.copy_(d.b.detach().t())
+    def load(self, sources: dict[int, LoraProjection]) -> None:
+        """Copies the doctors' LoRA weights into the layout the kernel reads (lora_A as is, lora_B transposed)."""
+        for segment, shrink, expand in zip(self.segments, self.shrink, self.expand):
+            shrink.copy_(sources[segment].a)
+            expand.copy_(sources[segment].b.t())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_forward(x)
@@ -75,57 +160,99 @@ class StackedLoRA:
                                              x.shape[0] // self.segment_count)  # the op itself: no Python wrapper
         return y
 
-    def forwards_of(self, module: nn.Module) -> tuple:
-        """The callables to install as `module.forward`: (eager, traceable by torch.compile). The tensors are bound
-        once: refresh() updates them in place."""
-        if type(module) is nn.Linear:
-            args = (module.weight, module.bias, self.shrink, self.expand, self.scales, self.segments,
-                    self.segment_count)
-            return (_C.BoundLinearSegmentedLora(*args),
-                    functools.partial(torch.ops.fastdoctor.linear_segmented_lora.default, *args))
-        return self, self
+    def forward_of(self, module: nn.Module, compiled: bool):
+        """The callable to install as `module.forward` for an eager or a torch.compile'd decode step (dynamo
+        cannot trace the C++-bound one). The buffers are bound once: load() refills them in place."""
+        if type(module) is not nn.Linear:
+            return self
+        args = (module.weight, module.bias, self.shrink, self.expand, self.scales, self.segments, self.segment_count)
+        if compiled:
+            return functools.partial(torch.ops.fastdoctor.linear_segmented_lora.default, *args)
+        return _C.BoundLinearSegmentedLora(*args)
+
+
+def _layout(adapters: Sequence[AdapterDoctor]) -> tuple:
+    """What a stacked copy is built for: per segment, its projections with their shapes and scales."""
+    return tuple(tuple((name, tuple(p.a.shape), tuple(p.b.shape), p.scale) for name, p in
+                       sorted(adapter.projections.items())) for adapter in adapters)
+
+
+def _base_key(patient: nn.Module) -> tuple:
+    """The patient's current tensors: a copy built over tensors the patient no longer holds (after .to() or a
+    reassigned weight) is never lent again."""
+    return tuple((t.data_ptr(), t.dtype, t.device) for t in patient.parameters())
 
 
 class SharedBase:
-    """The stacked model for `patient` and the adapter doctors whose LoRA weights are `deltas` (in segment
-    order 1, 2, ...): `model` is an HF causal LM over (1 + K) * rows stacked rows."""
+    """The stacked model for `patient` and adapters of `layout`: `model` is an HF causal LM over
+    (1 + K) * rows stacked rows, whose projections run eagerly or for torch.compile (`compiled`)."""
 
-    def __init__(self, patient: nn.Module, deltas: list[dict[str, LoraDelta]]):
-        self.model = weight_sharing_copy(patient).eval()
-        self.projections: list[StackedLoRA] = []
-        self.forwards: list[tuple[nn.Module, tuple]] = []  # (module, (eager forward, traceable forward))
-        for name in sorted({name for per_doctor in deltas for name in per_doctor}):
-            per_segment = {k + 1: per_doctor[name] for k, per_doctor in enumerate(deltas) if name in per_doctor}
+    def __init__(self, patient: nn.Module, adapters: Sequence[AdapterDoctor], compiled: bool):
+        self.model = weights.weight_sharing_copy(patient).eval()
+        self.projections: list[tuple[str, StackedLoRA]] = []
+        for name in sorted({name for adapter in adapters for name in adapter.projections}):
+            layout = {k + 1: a.projections[name] for k, a in enumerate(adapters) if name in a.projections}
             module = self.model.get_submodule(name)
-            stacked = StackedLoRA(module, per_segment, 1 + len(deltas))
-            self.forwards.append((module, stacked.forwards_of(module)))
-            self.projections.append(stacked)
-        self.install_forwards(compiled=False)
+            stacked = StackedLoRA(module, layout, 1 + len(adapters))
+            module.forward = stacked.forward_of(module, compiled)  # this copy's module: the patient's never change
+            self.projections.append((name, stacked))
 
-    def install_forwards(self, compiled: bool) -> None:
-        """The projections' forwards for an eager or a torch.compile'd decode step (dynamo cannot trace the
-        C++-bound one). Each is an instance attribute of this copy's module: the patient's own modules never
-        change."""
-        for module, (eager, traceable) in self.forwards:
-            module.forward = traceable if compiled else eager
-
-    def prepare(self, compiled: bool) -> None:
-        """Before a generate call: the doctors' current LoRA weights, and the forwards for its decode step."""
-        for projection in self.projections:
-            projection.refresh()
-        self.install_forwards(compiled)
+    def load(self, adapters: Sequence[AdapterDoctor]) -> None:
+        for name, stacked in self.projections:
+            stacked.load({k + 1: a.projections[name] for k, a in enumerate(adapters) if name in a.projections})
 
 
-_BUILT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # patient -> [(doctor weakrefs, SharedBase)]
+@dataclasses.dataclass(eq=False)
+class _Entry:
+    key: tuple
+    built: SharedBase
+    busy: bool = True
+    used: int = 0
 
 
-def shared_base_for(patient: nn.Module, doctors: list[nn.Module], deltas: list[dict[str, LoraDelta]]) -> SharedBase:
-    """The SharedBase of (patient, doctors), built on first use and reused while all of them live."""
-    entries = _BUILT.setdefault(patient, [])
-    entries[:] = [(refs, built) for refs, built in entries if all(r() is not None for r in refs)]
-    for refs, built in entries:
-        if len(refs) == len(doctors) and all(r() is d for r, d in zip(refs, doctors)):
-            return built
-    built = SharedBase(patient, deltas)
-    entries.append(([weakref.ref(d) for d in doctors], built))
-    return built
+_POOL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # patient -> [_Entry]
+_LOCK = threading.Lock()
+_CLOCK = itertools.count()
+
+
+@contextlib.contextmanager
+def stacked(patient: nn.Module, adapters: Sequence[AdapterDoctor], compiled: bool = False):
+    """`with stacked(patient, adapters, compiled) as model:` an HF causal LM over [patient; adapter 1; ...]
+    segments of equal rows, holding the adapters' current LoRA weights, lent to this call alone."""
+    key = (compiled, _layout(adapters), _base_key(patient))
+    with _LOCK:
+        entries = _POOL.setdefault(patient, [])
+        entry = next((e for e in entries if not e.busy and e.key == key), None)
+        if entry is not None:
+            entry.busy = True
+    if entry is None:
+        entry = _Entry(key, SharedBase(patient, adapters, compiled))
+        with _LOCK:
+            entries.append(entry)
+    try:
+        entry.built.load(adapters)
+        yield entry.built.model
+    finally:
+        with _LOCK:
+            entry.busy, entry.used = False, next(_CLOCK)
+            idle = sorted((e for e in entries if not e.busy), key=lambda e: e.used)
+            stale = [e for e in idle if e.key[2] != key[2]]  # copies over tensors the patient no longer holds
+            for old in stale + [e for e in idle[: max(len(idle) - MAX_IDLE, 0)] if e not in stale]:
+                entries.remove(old)
+
+
+def teacher_forced_logits(patient: nn.Module, adapters: Sequence[AdapterDoctor], batch) -> list[torch.Tensor]:
+    """[patient logits, adapter 1 logits, ...] over a sequences.SequenceBatch (run_lm's forward: the states
+    s_0..s_L), all in one stacked forward."""
+    from .sequences import SequenceBatch, run_lm
+
+    stacked_batch = SequenceBatch(*(t.repeat(1 + len(adapters), *([1] * (t.dim() - 1)))
+                                    for t in dataclasses.astuple(batch)))
+    with stacked(patient, adapters) as model:
+        return list(run_lm(model, stacked_batch).logits.chunk(1 + len(adapters)))
+
+
+def pooled(patient: nn.Module) -> int:
+    """How many stacked copies of `patient` are kept (lent or idle)."""
+    with _LOCK:
+        return len(_POOL.get(patient, ()))

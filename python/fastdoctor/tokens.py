@@ -69,6 +69,20 @@ def vocab_fingerprint(tokenizer) -> str:
     return hashlib.sha256(vocab.encode()).hexdigest()
 
 
+def vocab_record(tokenizer) -> str | None:
+    """What a file records as its vocabulary: the tokenizer's fingerprint, or None when none was given."""
+    return vocab_fingerprint(tokenizer) if tokenizer is not None else None
+
+
+def check_vocab(recorded: str | None, tokenizer, where, what: str) -> None:
+    """A ValueError unless a file's recorded vocabulary is `tokenizer`'s; nothing to check when either is missing
+    (files from before the record, or a caller without a tokenizer). `what` says what the file holds ('the
+    doctor was trained'), `where` names the file."""
+    if recorded is not None and tokenizer is not None and recorded != vocab_fingerprint(tokenizer):
+        raise ValueError(f"{where}: {what} with another tokenizer than the one given (the vocabulary fingerprints "
+                         "differ); patient and doctors must share one vocabulary")
+
+
 def max_token_bytes(tokenizer) -> int:
     """An upper bound on the UTF-8 bytes one token can stand for (4 per character of its longest vocabulary
     entry), so a text can be proven too long for a context before the slow work of tokenising it."""

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import fastdoctor
-from fastdoctor import adapters
-from fastdoctor.cli.main import doctor_path
+from fastdoctor import adapters, shared_base
+from fastdoctor.doctors import doctor_folder
 from fastdoctor.llmdoctor.doctor import load_doctor
 from conftest import run_cli, tiny_model
 
@@ -35,8 +35,8 @@ def test_the_files_match_their_recorded_hashes(dimension):
 @pytest.mark.parametrize("dimension", ["positivity", "concision"])
 def test_it_steers_the_default_patient(dimension):
     patient, tokenizer = fastdoctor.load_model("default")
-    doctor = load_doctor(doctor_path(f"bundled:{dimension}"), patient=patient, tokenizer=tokenizer)
-    assert adapters.lora_deltas(doctor.lm, patient) is not None  # decoded inside the patient's forward
+    doctor = load_doctor(doctor_folder(f"bundled:{dimension}"), patient=patient, tokenizer=tokenizer)
+    assert shared_base.plan(patient, [doctor.lm]).stacked == (0,)  # decoded inside the patient's forward
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "My train was late again today."}],
                                         add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
     alone = fastdoctor.generate(patient, ids, max_new_tokens=24, temperature=0.0)
@@ -45,8 +45,10 @@ def test_it_steers_the_default_patient(dimension):
 
 
 def test_it_is_refused_on_another_base():
-    with pytest.raises(ValueError, match="another base model|does not fit|another architecture"):
-        adapters.load_adapter_lm(BUNDLED, tiny_model("llama", seed=0))
+    with pytest.raises(ValueError, match="another base model"):
+        adapters.load_adapter(BUNDLED, tiny_model("llama", seed=0))
+    with pytest.raises(ValueError, match="another base model"):
+        fastdoctor.load_doctor("bundled:positivity", tiny_model("llama", seed=0))
 
 
 def test_the_cli_steers_with_it():

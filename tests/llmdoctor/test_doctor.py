@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 import fastdoctor
 from fastdoctor.llmdoctor import doctor as doctor_lib
-from fastdoctor import adapters
+from fastdoctor import adapters, shared_base
 from fastdoctor.lora import attach_lora
 from fastdoctor.sequences import pack_sequences
 from conftest import tiny_model
@@ -91,10 +91,13 @@ def test_lora_doctor_trains_adapters_only_and_saves_an_adapter(tmp_path):
     assert json.loads((path / "doctor.json").read_text())["kind"] == "adapter"
     assert (path / "adapter_model.safetensors").is_file() and not (path / "model.safetensors").exists()
     loaded = doctor_lib.load_doctor(path, patient=patient)
+    assert isinstance(loaded.lm, adapters.AdapterDoctor) and shared_base.plan(patient, [loaded.lm]).stacked == (0,)
+    with pytest.raises(TypeError, match="decodes inside its patient's forward"):
+        loaded(_batch(synthetic_examples(2)))
     batch = _batch(synthetic_examples(2))
-    with torch.no_grad():
-        torch.testing.assert_close(doc(batch)[0], loaded(batch)[0], atol=1e-5, rtol=1e-5)
-    assert adapters.lora_deltas(loaded.lm, patient) is not None  # generate stacks it with the patient
+    with torch.no_grad():  # as a model of its own: the same log-probs and values as the doctor that was saved
+        for a, b in zip(doc(batch), loaded.with_lm_on(patient)(batch)):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="pass the patient it was trained on"):
         doctor_lib.load_doctor(path)
     with pytest.raises(ValueError, match="trained on another base model"):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fastdoctor
-from fastdoctor import adapters, ops, reference, taro
+from fastdoctor import adapters, ops, reference, shared_base, taro
 from fastdoctor.sequences import pack_sequences, run_lm
 from fastdoctor.taro.reasoning import Problem, StepPair
 from fastdoctor.kv_cache import cache_kwargs, output_cache
@@ -377,10 +377,10 @@ def test_reward_model_training_raises_pair_accuracy_and_saves(tmp_path, tokenize
     with pytest.raises(ValueError, match="pass it"):
         taro.load_reward_model(tmp_path / "rm", tokenizer=tokenizer)
     rm, _ = taro.load_reward_model(tmp_path / "rm", tokenizer=tokenizer, patient=patient)
-    assert adapters.lora_deltas(rm, patient) is not None  # generate stacks it with the base
-    # The saved RM scores like the trained one.
+    assert isinstance(rm, adapters.AdapterDoctor) and shared_base.plan(patient, [rm]).stacked == (0,)
+    # The saved RM scores like the trained one (as a model of its own: peft over a copy of the base).
     examples = taro.step_pair_tokens(tokenizer, synthetic_pairs(16, 1))
-    assert taro.pair_accuracy(rm, examples, beta_r=0.5)["accuracy"] == after["accuracy"]
+    assert taro.pair_accuracy(rm.peft_model(patient), examples, beta_r=0.5)["accuracy"] == after["accuracy"]
     assert (tmp_path / "rm.train" / "checkpoint" / "state.json").is_file()
     # The patient itself was not touched (the RM is a copy).
     assert all(p.requires_grad for p in patient.parameters())

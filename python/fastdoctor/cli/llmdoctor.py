@@ -107,14 +107,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     import fastdoctor
     from fastdoctor.adapters import folder_size
+    from fastdoctor.doctors import doctor_folder
     from fastdoctor.llmdoctor.doctor import export_merged
 
-    from .main import doctor_path
-
     transformers.logging.disable_progress_bar()
-    patient, tokenizer = fastdoctor.load_model(args.patient)
-    source = doctor_path(args.doctor)
-    out = export_merged(source, patient, args.merged, tokenizer)
+    try:
+        source = doctor_folder(args.doctor)
+        patient, tokenizer = fastdoctor.load_model(args.patient)
+        out = export_merged(source, patient, args.merged, tokenizer)
+    except ValueError as error:
+        raise SystemExit(f"export: {error}") from None
     print(f"[fastdoctor] wrote the merged doctor to {out}: {folder_size(out) / 1e6:.1f} MB (the adapter: "
           f"{folder_size(source) / 1e6:.1f} MB)")
     return 0

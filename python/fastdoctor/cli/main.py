@@ -86,7 +86,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(args.dtype, device)
     patient, tokenizer = fastdoctor.load_model(args.patient, dtype=dtype, device=device)
-    doctors = [doctor_lm(spec, patient, tokenizer, dtype=dtype, device=device) for spec in args.doctor]
+    doctors = []
+    for spec in args.doctor:
+        try:  # the library's refusals are ValueErrors; here they become a message and exit status 1
+            doctors.append(fastdoctor.load_doctor(spec, patient, tokenizer, dtype=dtype, device=device))
+        except ValueError as error:
+            raise SystemExit(f"--doctor {spec}: {error}") from None
     alpha, betas = args.alpha, args.beta or [1.0] * len(doctors)
     if args.strength:  # strengths g become weights by a convention (fastdoctor.fronts)
         if args.beta or args.alpha != 1.0:
@@ -97,7 +102,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
         convention = args.convention
         if convention == "auto":
-            recorded = {decoding_convention(spec) for spec in args.doctor}
+            try:
+                recorded = {decoding_convention(spec) for spec in args.doctor}
+            except ValueError as error:
+                raise SystemExit(f"--doctor {error}") from None
             if len(recorded) > 1:
                 raise SystemExit(f"--strength: these doctors record different conventions ({', '.join(sorted(recorded))}); "
                                  "choose one with --convention")
@@ -130,64 +138,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def doctor_path(spec: str):
-    """The folder of --doctor SPEC: a path, or bundled:<name> for a doctor that ships in the package."""
-    import pathlib
-
-    from fastdoctor.datasets import bundled_doctor
-
-    if not spec.startswith("bundled:"):
-        return pathlib.Path(spec)
-    try:
-        return bundled_doctor(spec.removeprefix("bundled:"))
-    except ValueError as error:
-        raise SystemExit(f"--doctor {spec}: {error}") from None
-
-
 def decoding_convention(spec: str) -> str:
     """How --strength turns into weights for the doctor at SPEC: the convention its doctor.json records
     (info.decoding.convention: "advantage" for reference-flow TFPO doctors), else "normalised"."""
-    from fastdoctor.llmdoctor.doctor import read_doctor_meta
+    from fastdoctor.doctors import doctor_folder, read_record
 
-    path = doctor_path(spec)
-    record = path / "doctor.json"
-    if not record.is_file():
-        return "normalised"
-    try:
-        info = read_doctor_meta(path).get("info")
-    except ValueError as error:
-        raise SystemExit(f"--doctor {spec}: {error}") from None
+    info = read_record(doctor_folder(spec)).get("info")
     decoding = info.get("decoding") if isinstance(info, dict) else None
     convention = decoding.get("convention", "normalised") if isinstance(decoding, dict) else "normalised"
     if convention not in ("normalised", "advantage"):
-        raise SystemExit(f"--doctor {spec}: {record} records an unknown decoding convention {convention!r}")
+        raise ValueError(f"{spec}: records an unknown decoding convention {convention!r}")
     return convention
-
-
-def doctor_lm(spec: str, patient, tokenizer, *, dtype, device):
-    """The decoding LM of --doctor SPEC: an adapter doctor over the patient's own weights (generate then runs
-    it in one stacked forward with the patient), or a separate HF model folder with the patient's tokenizer."""
-    import json
-
-    import fastdoctor
-    from fastdoctor import adapters
-    from fastdoctor.models import check_same_tokenizer
-    from fastdoctor.tokens import vocab_fingerprint
-
-    path = doctor_path(spec)
-    if adapters.is_adapter_folder(path):
-        for record in ("doctor.json", "taro_rm.json"):
-            if (path / record).is_file():
-                vocab = json.loads((path / record).read_text(encoding="utf-8")).get("vocab")
-                if vocab and vocab != vocab_fingerprint(tokenizer):
-                    raise SystemExit(f"--doctor {spec}: trained with another tokenizer than the patient's")
-        try:
-            return adapters.load_adapter_lm(path, patient)
-        except ValueError as error:
-            raise SystemExit(f"--doctor {spec}: {error}") from None
-    doctor, doctor_tokenizer = fastdoctor.load_model(path, dtype=dtype, device=device)
-    check_same_tokenizer(tokenizer, doctor_tokenizer, name=f"--doctor {spec}")
-    return doctor
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,7 +139,7 @@ def _train_doctor(patient, tokenizer, examples, root: pathlib.Path, s: Quickstar
 def _show_bundled_doctor(patient, tokenizer, prompt: str, s: QuickstartSettings) -> dict:
     """One reply from the patient alone and one steered by the bundled positivity doctor (seconds): what the
     run below rebuilds from scratch."""
-    from ..datasets import bundled_doctor
+    from ..doctors import bundled_doctor
     from .. import quality
     from .doctor import load_doctor
 

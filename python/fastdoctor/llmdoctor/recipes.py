@@ -19,7 +19,7 @@ from .. import genarm
 from ..files import atomic_file, recover_directory, write_json
 from ..lora import attach_lora
 from ..models import logits_width, make_doctor
-from ..tokens import chat_ids, pad_id, reply_finished, split_response, vocab_fingerprint
+from ..tokens import chat_ids, check_vocab, pad_id, reply_finished, split_response
 from ..train import TrainConfig, train
 from . import distill, tfpo
 from .doctor import Doctor, save_doctor
@@ -70,8 +70,7 @@ def build_lm(patient, init: DoctorInit, *, seed: int = 0):
 def scored_examples(rewards_path: str | os.PathLike, tokenizer, patient) -> list[tfpo.ScoredExample]:
     """The pairs of a rewards file, refused with a clear error if it was made with another tokenizer."""
     tensors, meta = load_rewards(rewards_path)
-    if meta.get("vocab") and meta["vocab"] != vocab_fingerprint(tokenizer):
-        raise ValueError(f"{rewards_path}: the rewards were computed with another tokenizer than the patient's")
+    check_vocab(meta.get("vocab") or None, tokenizer, rewards_path, "the rewards were computed")
     examples = tfpo.examples_from_rewards(tensors)
     if not examples:
         raise ValueError(f"{rewards_path}: the rewards file holds no pairs")

@@ -26,7 +26,7 @@ from ..kv_cache import cache_kwargs, output_cache
 from ..models import logits_width
 from ..progress import Progress
 from ..sequences import right_pad
-from ..tokens import chat_ids, max_token_bytes, reply_finished, split_response, vocab_fingerprint
+from ..tokens import chat_ids, max_token_bytes, reply_finished, split_response, vocab_record
 from .data import PreferencePair
 
 FORMAT = "fastdoctor.rewards/1"
@@ -190,7 +190,7 @@ def score_pair(model, tokenizer, pair: PreferencePair, settings: RewardSettings,
 
 
 def _fingerprint(settings: RewardSettings, tokenizer, data_digest: str, patient_name: str) -> str:
-    blob = json.dumps({"settings": settings.to_json(), "vocab": vocab_fingerprint(tokenizer),
+    blob = json.dumps({"settings": settings.to_json(), "vocab": vocab_record(tokenizer),
                        "data": data_digest, "patient": patient_name}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -275,7 +275,7 @@ def acquire_rewards(model, tokenizer, pairs: Sequence[PreferencePair], out: str 
     summary = {"pairs": len(scored), "response_tokens": int(valid.sum()),
                "nonzero_fraction": float((values != 0).float().mean()), "seconds": round(time.time() - started, 2)}
     metadata = {"format": FORMAT, "settings": json.dumps(settings.to_json()), "patient": patient_name,
-                "fingerprint": fingerprint, "summary": json.dumps(summary), "vocab": vocab_fingerprint(tokenizer)}
+                "fingerprint": fingerprint, "summary": json.dumps(summary), "vocab": vocab_record(tokenizer)}
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save(tensors, out, metadata)
     partial.unlink(missing_ok=True)

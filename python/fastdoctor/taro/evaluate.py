@@ -61,8 +61,8 @@ def greedy_continuations(variant: dict, patient, tokenizer, prompts: Sequence[to
     kind = variant["kind"]
     if kind == "base":
         out = generate(patient, ids, **common)
-    elif kind == "rm":
-        out = generate(rm, ids, **common)
+    elif kind == "rm":  # the reward model alone: weight 0 on the base (an adapter RM runs in its forward)
+        out = generate(patient, ids, doctors=[rm], alpha=0.0, betas=[1.0], **common)
     elif kind == "genarm":
         out = generate(patient, ids, doctors=[rm], alpha=1.0, betas=[variant["alpha"]], **common)
     elif kind == "router":

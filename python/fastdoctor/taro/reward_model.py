@@ -7,9 +7,9 @@ Bradley-Terry loss (genarm.arm_batch_loss) on Math-Step-DPO-style step pairs:
     y_w = the chosen next step, y_l = the rejected next step
     L = -log sigmoid(beta_r * [sum log pi_rm(y_w) - sum log pi_rm(y_l)])
 
-It is saved as peft's adapter files plus base.json and taro_rm.json (fastdoctor.adapters): a few MB, loaded over
-the base model's own weights (load_reward_model(path, patient=base)), and generate then runs it in one stacked
-forward with the base. A merged RM (an ordinary HF folder) loads too.
+It is saved as peft's adapter files plus base.json and taro_rm.json (fastdoctor.adapters): a few MB, loaded as an
+AdapterDoctor checked against the base model (load_reward_model(path, patient=base)), which generate runs in one
+stacked forward with the base. A merged RM (an ordinary HF folder) loads too.
 """
 from __future__ import annotations
 
@@ -153,7 +153,7 @@ def save_reward_model(lm: nn.Module, path: str | os.PathLike, tokenizer=None, *,
             lm.save_pretrained(staging, safe_serialization=True)
             if tokenizer is not None:
                 tokenizer.save_pretrained(staging)
-        meta = {"format": RM_FORMAT, "vocab": tokens.vocab_fingerprint(tokenizer) if tokenizer is not None else None,
+        meta = {"format": RM_FORMAT, "vocab": tokens.vocab_record(tokenizer),
                 "info": info or {}}
         (staging / "taro_rm.json").write_text(json.dumps(meta, indent=2))
     return path
@@ -165,12 +165,10 @@ def load_reward_model(path: str | os.PathLike, *, tokenizer=None, dtype: torch.d
     vocabulary. An adapter RM needs the base model it adapts (`patient`), and returns that tokenizer."""
     path = pathlib.Path(path)
     meta = read_format_json(path, "taro_rm.json", RM_FORMAT, "TARo reward model")
-    if tokenizer is not None and meta.get("vocab") not in (None, tokens.vocab_fingerprint(tokenizer)):
-        raise ValueError(f"{path}: the reward model was trained with another tokenizer than the base model's; "
-                         "base and reward model must share a vocabulary")
+    tokens.check_vocab(meta.get("vocab"), tokenizer, path, "the reward model was trained")
     if adapters.is_adapter_folder(path):
         if patient is None:
             raise ValueError(f"{path}: this reward model is a LoRA adapter of a base model; pass it "
                              "(load_reward_model(path, patient=base))")
-        return adapters.load_adapter_lm(path, patient), tokenizer
+        return adapters.load_adapter(path, patient).with_record(meta), tokenizer
     return load_model(path, dtype=dtype, device=device)

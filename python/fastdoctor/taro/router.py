@@ -131,7 +131,7 @@ def save_router(router: Router, path: str | os.PathLike, tokenizer=None, *, info
         save_file({k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()},
                   str(staging / "router.safetensors"))
         meta = {"format": ROUTER_FORMAT, **router.config(),
-                "vocab": tokens.vocab_fingerprint(tokenizer) if tokenizer is not None else None, "info": info or {}}
+                "vocab": tokens.vocab_record(tokenizer), "info": info or {}}
         (staging / "router.json").write_text(json.dumps(meta, indent=2))
     return path
 
@@ -153,9 +153,7 @@ def load_router(path: str | os.PathLike, *, vocab_size: int | None = None, k: in
                          f"models emit {vocab_size} logits; train a router for these models")
     if k is not None and meta["k"] != k:
         raise ValueError(f"{path}: the router was built for top-K = {meta['k']} features, not K = {k}")
-    if tokenizer is not None and meta.get("vocab") not in (None, tokens.vocab_fingerprint(tokenizer)):
-        raise ValueError(f"{path}: the router was trained with another tokenizer (vocabulary fingerprint differs); "
-                         "its token embeddings would index the wrong tokens")
+    tokens.check_vocab(meta.get("vocab"), tokenizer, path, "the router was trained")
     router = Router(int(meta["vocab_size"]), k=int(meta["k"]), embed_dim=int(meta["embed_dim"]),
                     hidden=int(meta["hidden"]))
     try:

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .. import reference, tokens
+from .. import reference, shared_base, tokens
+from ..adapters import AdapterDoctor
 from ..files import staged_directory
 from ..models import logits_width
 from ..reference import MAX_ROUTER_TOP_K
@@ -36,14 +37,28 @@ def solution_tokens(tokenizer, problem: Problem) -> tuple[torch.Tensor, torch.Te
 
 
 
-def model_signature(model: nn.Module) -> str:
-    """A cheap fingerprint of a model's weights (per-tensor float64 sums), so a cache built from other models
-    is never reused."""
+def model_signature(model) -> str:
+    """A cheap fingerprint of a model's weights (per-tensor float64 sums; an AdapterDoctor's: its base's
+    fingerprint and its LoRA tensors), so a cache built from other models is never reused."""
     digest = hashlib.sha256()
+    if isinstance(model, AdapterDoctor):
+        digest.update(model.base_fingerprint.encode())
+        named = [(f"{n}.{part}", t) for n, p in sorted(model.projections.items()) for part, t in (("A", p.a), ("B", p.b))]
+    else:
+        named = list(model.state_dict().items())
     with torch.no_grad():
-        for name, p in model.state_dict().items():
+        for name, p in named:
             digest.update(f"{name}:{tuple(p.shape)}:{float(p.double().sum()):.10e}".encode())
     return digest.hexdigest()[:16]
+
+
+def _logits(base: nn.Module, rm, batch) -> dict[str, torch.Tensor]:
+    """Both models' logits at the response states: an adapter RM and the base in one stacked forward."""
+    width = batch.response_ids.shape[1]
+    if isinstance(rm, AdapterDoctor):
+        both = shared_base.teacher_forced_logits(base, [rm], batch)
+        return {"base": both[0][:, :width].float(), "rm": both[1][:, :width].float()}
+    return {name: run_lm(model, batch).logits[:, :width].float() for name, model in (("base", base), ("rm", rm))}
 
 
 class RouterCache:
@@ -127,7 +142,7 @@ def build_router_cache(base: nn.Module, rm: nn.Module, tokenizer, problems: Sequ
     vocab = widths[0]
     if not problems:
         raise ValueError("problems: expected at least one problem with a gold solution")
-    key = {"format": CACHE_FORMAT, "vocab_size": vocab, "top_k": MAX_ROUTER_TOP_K, "vocab": tokens.vocab_fingerprint(tokenizer),
+    key = {"format": CACHE_FORMAT, "vocab_size": vocab, "top_k": MAX_ROUTER_TOP_K, "vocab": tokens.vocab_record(tokenizer),
            "base": model_signature(base), "rm": model_signature(rm),
            "problems": hashlib.sha256(json.dumps([p.to_json() for p in problems]).encode()).hexdigest()[:16]}
     if (path / "cache.json").is_file():
@@ -153,9 +168,7 @@ def build_router_cache(base: nn.Module, rm: nn.Module, tokenizer, problems: Sequ
         for first in range(0, len(sequences), batch_size):
             chunk = sequences[first: first + batch_size]
             batch = pack_sequences([p for p, _ in chunk], [r for _, r in chunk], pad).to(device)
-            width = batch.response_ids.shape[1]
-            outputs = {name: run_lm(model, batch).logits[:, :width].float() for name, model in
-                       (("base", base), ("rm", rm))}
+            outputs = _logits(base, rm, batch)
             mask = batch.response_mask
             count = int(mask.sum())
             rows = slice(position, position + count)

@@ -131,8 +131,7 @@ def train_router(cache: RouterCache, out: str | os.PathLike, *, router: Router |
     if router.vocab_size != cache.vocab_size:
         raise ValueError(f"router: built for a vocabulary of {router.vocab_size}, the cache holds "
                          f"{cache.vocab_size}-wide logits")
-    if tokenizer is not None and cache.meta.get("vocab") != tokens.vocab_fingerprint(tokenizer):
-        raise ValueError(f"{cache.path}: the cache was built with another tokenizer")
+    tokens.check_vocab(cache.meta.get("vocab"), tokenizer, cache.path, "the cache was built")
     config = config or train_lib.TrainConfig(steps=150, batch_size=8, lr=2e-3, warmup_steps=10, log_every=10,
                                              checkpoint_every=50, weight_decay=0.0)
     out = pathlib.Path(out)
