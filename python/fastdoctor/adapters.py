@@ -143,6 +143,24 @@ class AdapterDoctor:
         return model if trainable else model.eval()
 
 
+def weighted_sum(doctors: list[AdapterDoctor], coefficients: list[float]) -> AdapterDoctor:
+    """The AdapterDoctor whose every delta is sum_i c_i * delta_i, exactly: its A stacks c_i * scale_i * A_i
+    over the ranks and its B sets the B_i side by side (rank = the sum of the ranks, scale 1; peft's
+    add_weighted_adapter with combination_type "cat"). The doctors must adapt the same projections of one base."""
+    first = doctors[0]
+    for doctor in doctors[1:]:
+        if doctor.base_fingerprint != first.base_fingerprint or set(doctor.projections) != set(first.projections):
+            raise ValueError("weighted_sum: the doctors adapt different bases or different projections")
+    projections = {}
+    for name in first.projections:
+        parts = [(c, d.projections[name]) for c, d in zip(coefficients, doctors)]
+        projections[name] = LoraProjection(torch.cat([c * p.scale * p.a for c, p in parts]),
+                                           torch.cat([p.b for _, p in parts], dim=1), 1.0)
+    rank = sum(d.config.get("r", 0) for d in doctors)
+    return dataclasses.replace(first, projections=projections, config={**first.config, "r": rank, "lora_alpha": rank},
+                               record={}, source=None)
+
+
 def _is_conv1d(module: nn.Module) -> bool:
     return type(module).__name__ == "Conv1D"
 

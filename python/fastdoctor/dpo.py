@@ -6,8 +6,9 @@ dropout 0.05 on every projection, lora.attach_lora's). The reference is the pati
 adapter for it), and the loss is DPO's sigmoid loss with TRL's default beta 0.1.
 
 A soup at weight w is theta_0 + w * Delta_1 + (1 - w) * Delta_2, i.e. exactly w * theta_1 + (1 - w) * theta_2
-for the two merged DPO models. peft's add_weighted_adapter with combination_type "cat" builds that adapter
-without approximation (it stacks w * A_1 and (1 - w) * A_2 against [B_1 B_2]); soup() merges it into a copy.
+for the two merged DPO models. adapters.weighted_sum builds that adapter without approximation (it stacks
+w * A_1 and (1 - w) * A_2 against [B_1 B_2], as peft's add_weighted_adapter "cat" does); soup() merges it
+into a copy. Both policies load as AdapterDoctors (adapters.load_adapter: checked, never over the patient).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .adapters import AdapterDoctor, load_adapter, weighted_sum
 from .files import write_json
 from .lora import lora_config, peft_quiet
 from .tokens import reply_finished
@@ -111,35 +113,28 @@ def train_dpo(patient, tokenizer, pairs: Sequence, out: str | os.PathLike, setti
 
 def load_dpo(patient, folder: str | os.PathLike, *, merged: bool = True):
     """The DPO policy of <folder>/adapter over a copy of `patient`: merged into plain weights (the fast path
-    for sampling) or as a PeftModel."""
-    from peft import PeftModel
+    for sampling) or as a PeftModel (dpo_loss reads its reference with the adapter disabled)."""
+    return _as_model(_policy(patient, folder), patient, merged)
 
+
+def _policy(patient, folder: str | os.PathLike) -> AdapterDoctor:
     folder = pathlib.Path(folder)
     if not (folder / "adapter" / "adapter_config.json").exists():
         raise FileNotFoundError(f"{folder}: no DPO adapter (adapter/adapter_config.json); train_dpo writes one")
-    with peft_quiet():
-        model = PeftModel.from_pretrained(copy.deepcopy(patient), str(folder / "adapter")).eval()
-        return model.merge_and_unload() if merged else model
+    return load_adapter(folder / "adapter", patient)
+
+
+def _as_model(policy: AdapterDoctor, patient, merged: bool):
+    return policy.merged_model(patient) if merged else policy.peft_model(patient)
 
 
 def soup(patient, first: str | os.PathLike, second: str | os.PathLike, weight: float, *, merged: bool = True):
-    """Rewarded Soups: weight * theta_first + (1 - weight) * theta_second, over a copy of `patient`, built with
-    peft's add_weighted_adapter (combination_type 'cat', exact). weight 1 is the first DPO model, 0 the second."""
-    from peft import PeftModel
-
+    """Rewarded Soups: weight * theta_first + (1 - weight) * theta_second, over a copy of `patient`
+    (adapters.weighted_sum, exact). weight 1 is the first DPO model, 0 the second."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"soup weight: expected a number in [0, 1], got {weight}")
-    with peft_quiet():
-        model = PeftModel.from_pretrained(copy.deepcopy(patient), str(pathlib.Path(first) / "adapter"),
-                                          adapter_name="first")
-        model.load_adapter(str(pathlib.Path(second) / "adapter"), adapter_name="second")
-        model.add_weighted_adapter(["first", "second"], [weight, 1.0 - weight], adapter_name="soup",
-                                   combination_type="cat")
-        model.set_adapter("soup")
-        model.delete_adapter("first")
-        model.delete_adapter("second")
-        model.eval()
-        return model.merge_and_unload() if merged else model
+    souped = weighted_sum([_policy(patient, first), _policy(patient, second)], [weight, 1.0 - weight])
+    return _as_model(souped, patient, merged)
 
 
 @torch.no_grad()
