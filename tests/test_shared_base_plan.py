@@ -100,6 +100,23 @@ def test_the_pool_of_stacked_copies_is_bounded():
         assert shared_base.pooled(patient) <= shared_base.MAX_IDLE
 
 
+def test_a_copy_built_while_decoding_serves_teacher_forced_scoring_too():
+    """generate builds stacked copies in inference mode; scoring (no_grad) borrows the same one and refills it."""
+    from fastdoctor.sequences import pack_sequences, run_lm
+
+    patient = tiny_model("llama", seed=0)
+    doctor, _ = adapters.snapshot(peft_doctor(patient, seed=1))
+    doctor = doctor.to()
+    first = greedy(patient, [doctor])
+    batch = pack_sequences([torch.tensor([5, 6, 7])], [torch.tensor([8, 9])])
+    with torch.no_grad():
+        logits = shared_base.teacher_forced_logits(patient, [doctor], batch)
+        torch.testing.assert_close(logits[0], run_lm(patient, batch).logits)
+        torch.testing.assert_close(logits[1], run_lm(doctor.merged_model(patient), batch).logits, rtol=1e-4,
+                                   atol=1e-4)
+    assert torch.equal(greedy(patient, [doctor]), first)
+
+
 def test_a_patient_cast_in_place_gets_a_fresh_stacked_copy():
     patient = tiny_model("llama", seed=0)
     doctor = peft_doctor(patient, seed=1, base=copy.deepcopy(patient))

@@ -270,8 +270,8 @@ def _is_target(module_name: str, config: dict) -> bool:
     targets = config["target_modules"]
     if isinstance(targets, str):
         found = re.fullmatch(targets, module_name) is not None
-    else:
-        found = module_name.rsplit(".", 1)[-1] in targets
+    else:  # peft's rule: a target names the module, or the end of its dotted name
+        found = any(module_name == t or module_name.endswith("." + t) for t in targets)
     layers = config.get("layers_to_transform")
     if found and layers is not None:
         index = _LAYER.search(f".{module_name}.")

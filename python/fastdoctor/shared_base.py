@@ -73,12 +73,12 @@ def plan(patient: nn.Module, doctors: Sequence) -> Plan:
     """The plan for `doctors` (AdapterDoctors and HF causal LMs, peft LoRA models among them) with `patient`.
     An AdapterDoctor of another base is a ValueError; a peft doctor of the patient's base that cannot be stacked
     gets one RuntimeWarning."""
-    patient_fingerprint = weights.fingerprint(patient)
+    patient_fingerprint = functools.cache(lambda: weights.fingerprint(patient))  # only where a doctor needs it
     base = _first(patient)
     stacked, adapters, separate, reasons = [], [], [], {}
     for index, doctor in enumerate(doctors):
         if isinstance(doctor, AdapterDoctor):
-            if doctor.base_fingerprint != patient_fingerprint:
+            if doctor.base_fingerprint != patient_fingerprint():
                 raise ValueError(f"doctors[{index}]: {doctor!r} adapts another base model than this patient (the "
                                  "base-weight fingerprints differ); use it with the patient it was trained on")
             stacked.append(index)
@@ -91,7 +91,7 @@ def plan(patient: nn.Module, doctors: Sequence) -> Plan:
             separate.append(index)
             reasons[index] = "not a LoRA model of the patient"
             continue
-        if weights.fingerprint(doctor) != patient_fingerprint:
+        if weights.fingerprint(doctor) != patient_fingerprint():
             separate.append(index)
             reasons[index] = "its base weights are another model's (the fingerprints differ)"
             continue
@@ -226,7 +226,10 @@ def stacked(patient: nn.Module, adapters: Sequence[AdapterDoctor], compiled: boo
         if entry is not None:
             entry.busy = True
     if entry is None:
-        entry = _Entry(key, SharedBase(patient, adapters, compiled))
+        # Normal tensors even when built inside generate's inference mode: a later loan outside it (scoring
+        # under no_grad) must be able to refill the buffers, which is not allowed for inference tensors.
+        with torch.inference_mode(False):
+            entry = _Entry(key, SharedBase(patient, adapters, compiled))
         with _LOCK:
             entries.append(entry)
     try:
