@@ -4,9 +4,11 @@ bounded, and eager and compiled calls on the same doctor run side by side."""
 from __future__ import annotations
 
 import copy
+import gc
 import itertools
 import threading
 import warnings
+import weakref
 
 import pytest
 import torch
@@ -93,11 +95,15 @@ def test_the_pool_of_stacked_copies_is_bounded():
     doctors = [peft_doctor(patient, seed=s, rank=s + 1) for s in range(4)]
     orders = [p for k in range(1, 5) for c in itertools.combinations(range(4), k) for p in itertools.permutations(c)]
     ids, mask = left_padded_prompts(batch=1, length=3)
+    built = []
     for index in range(120):
         order = orders[index % len(orders)]
         fastdoctor.generate(patient, ids, attention_mask=mask, doctors=[doctors[i] for i in order],
                             max_new_tokens=1, temperature=0.0)
         assert shared_base.pooled(patient) <= shared_base.MAX_IDLE
+        built += [weakref.ref(entry.built.model) for entry in shared_base._POOL[patient]]
+    gc.collect()
+    assert len({id(r()) for r in built if r() is not None}) <= shared_base.MAX_IDLE  # evicted copies are freed
 
 
 def test_a_copy_built_while_decoding_serves_teacher_forced_scoring_too():

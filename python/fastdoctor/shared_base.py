@@ -34,6 +34,7 @@ from torch import nn
 
 from . import _C, weights
 from .adapters import AdapterDoctor, LoraProjection, is_lora_model, snapshot
+from .compiled import forget_compiled
 
 MAX_IDLE = 4  # idle stacked copies kept per patient (each is module objects and LoRA buffers, not weights)
 
@@ -242,6 +243,7 @@ def stacked(patient: nn.Module, adapters: Sequence[AdapterDoctor], compiled: boo
             stale = [e for e in idle if e.key[2] != key[2]]  # copies over tensors the patient no longer holds
             for old in stale + [e for e in idle[: max(len(idle) - MAX_IDLE, 0)] if e not in stale]:
                 entries.remove(old)
+                forget_compiled(old.built.model)  # its compiled step holds the copy: drop both
 
 
 def teacher_forced_logits(patient: nn.Module, adapters: Sequence[AdapterDoctor], batch) -> list[torch.Tensor]:
