@@ -4,6 +4,7 @@ parameters, tiny random HF models built from configs (nothing is downloaded), a 
 and the CLI's tiny model folders."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -96,12 +97,24 @@ def exact_distribution(logits, weights, temperature, top_k, top_p) -> torch.Tens
 
 
 def assert_follows(tokens: torch.Tensor, probs: torch.Tensor) -> None:
-    """DRAWS tokens follow probs: none outside the support, a chi-square p > 1e-4, and a total-variation bound."""
-    scipy_stats = pytest.importorskip("scipy.stats")
+    """DRAWS tokens follow probs: none outside the support, a total-variation bound, and a chi-square p > 1e-4.
+    The first two need no scipy; without scipy the chi-square test is left out, except in the README's test
+    environment (tests/run.sh installs scipy), where a missing scipy fails."""
     counts = torch.bincount(tokens, minlength=probs.numel()).double()
     outside = counts[probs == 0].sum().item()
     assert outside == 0, f"{outside} draws landed outside the filtered support"
     support = probs > 0
+    total_variation = 0.5 * (counts / DRAWS - probs).abs().sum().item()
+    # E[TV] is about sqrt(support / (2 pi N)); 3x that is far in the tail for these sizes.
+    bound = 3 * (support.sum().item() / (6.283 * DRAWS)) ** 0.5 + 1e-3
+    assert total_variation < bound, f"TV {total_variation:.4f} >= {bound:.4f}"
+    try:
+        import scipy.stats as scipy_stats
+    except ModuleNotFoundError:
+        if os.environ.get("FASTDOCTOR_TEST_INSTALLED"):
+            pytest.fail("scipy is missing from the test environment (tests/run.sh installs it): the chi-square "
+                        "test of every sampler needs it")
+        return
     expected = probs[support] * DRAWS
     # Pool bins with fewer than 5 expected draws, as the chi-square approximation needs.
     small = expected < 5
@@ -112,10 +125,6 @@ def assert_follows(tokens: torch.Tensor, probs: torch.Tensor) -> None:
     if observed.numel() > 1:
         p_value = scipy_stats.chisquare(observed.numpy(), expected.numpy()).pvalue
         assert p_value > 1e-4, f"chi-square p = {p_value:.2e}"
-    total_variation = 0.5 * (counts / DRAWS - probs).abs().sum().item()
-    # E[TV] is about sqrt(support / (2 pi N)); 3x that is far in the tail for these sizes.
-    bound = 3 * (support.sum().item() / (6.283 * DRAWS)) ** 0.5 + 1e-3
-    assert total_variation < bound, f"TV {total_variation:.4f} >= {bound:.4f}"
 
 
 # --- router gating ---

@@ -61,6 +61,10 @@ def run(**kwargs):
     (dict(doctors=[DOCTOR], betas=[1.0, 2.0]), ValueError, r"betas: expected one weight per doctor \(1\), got 2"),
     (dict(doctors=DOCTOR), TypeError, r"doctors: expected a list of doctors \(AdapterDoctors or HF causal LMs\), got LlamaForCausalLM"),
     (dict(doctors=[None]), TypeError, r"doctors\[0\]: expected an AdapterDoctor or an HF causal LM, got NoneType"),
+    (dict(doctors=[DOCTOR], betas=[0.5], router=lambda z: torch.ones(z[0].shape[0], 2)), ValueError,
+     r"router: it chooses the weights of every token, so alpha and betas would be ignored"),
+    (dict(doctors=[DOCTOR], alpha=0.5, router=lambda z: torch.ones(z[0].shape[0], 2)), ValueError,
+     r"leave alpha and betas at their defaults"),
     (dict(streamer=5), TypeError, r"streamer: expected an HF streamer \(with put\(\) and end\(\)\), got int"),
 ])
 def test_generate_refuses(kwargs, error, match):

@@ -66,7 +66,6 @@ def test_router_too_wide_for_shared_memory(generator):
 
 
 def test_cuda_draws_follow_the_exact_routed_distribution():
-    pytest.importorskip("scipy.stats")
     from conftest import DRAWS, assert_follows, exact_distribution
     g = torch.Generator().manual_seed(17)
     vocab, k = 111, 5

@@ -79,6 +79,33 @@ def test_the_streamer_given_to_guided_sees_the_whole_protocol():
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(ours.events[:-1], direct.events[:-1]))
 
 
+def test_a_streamer_given_to_model_generate_gets_every_token_and_the_end():
+    from transformers import TextIteratorStreamer
+
+    patient, doctor = models("llama")
+    ids, _ = left_padded_prompts(batch=1)
+    ours, direct = RecordingStreamer(), RecordingStreamer()
+    out = patient.generate(ids, custom_generate=fastdoctor.guided(doctors=[doctor]), do_sample=False,
+                           max_new_tokens=5, streamer=ours)
+    fastdoctor.generate(patient, ids, doctors=[doctor], temperature=0.0, max_new_tokens=5, eos_token_id=2,
+                        pad_token_id=0, streamer=direct)
+    assert [e for e, _ in ours.events] == ["put"] * 6 + ["end"]  # HF's prompt put, five steps, the end
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(ours.events[1:-1], direct.events[1:-1]))
+    assert torch.equal(torch.cat([v for _, v in ours.events[1:-1]]), out[0, ids.shape[1]:])
+
+    class Tokens:  # what a TextIteratorStreamer needs of a tokenizer
+        def decode(self, ids, **_):
+            return "".join(f"<{i}>" for i in ids)
+
+    text = TextIteratorStreamer(Tokens(), skip_prompt=True, timeout=10)  # a hang would raise queue.Empty
+    patient.generate(ids, custom_generate=fastdoctor.guided(doctors=[doctor]), do_sample=False, max_new_tokens=5,
+                     streamer=text)
+    assert "".join(text) == "".join(f"<{i}>" for i in out[0, ids.shape[1]:].tolist())
+    with pytest.raises(ValueError, match="streamer: given to both"):
+        patient.generate(ids, custom_generate=fastdoctor.guided(streamer=RecordingStreamer()), max_new_tokens=2,
+                         streamer=RecordingStreamer())
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(num_beams=2), "num_beams=2"),
     (dict(repetition_penalty=1.3), "repetition_penalty=1.3"),

@@ -8,7 +8,6 @@ import torch
 import fastdoctor
 from conftest import DRAWS, assert_follows, exact_distribution
 
-scipy_stats = pytest.importorskip("scipy.stats")
 
 @pytest.mark.parametrize("temperature,top_k,top_p", [
     (1.0, 0, 1.0), (0.7, 7, 1.0), (1.3, 0, 0.8), (1.0, 20, 0.9), (0.5, 0, 0.95), (2.0, 3, 0.5)])

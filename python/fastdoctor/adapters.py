@@ -389,8 +389,8 @@ def snapshot(lm: nn.Module) -> tuple[AdapterDoctor | None, str]:
             return None, "its LoRA is merged into its base weights"
         if module.disable_adapters:
             return None, "its adapters are disabled"
-        if module.use_dora.get(adapter, False) or module.lora_embedding_A or \
-                getattr(module, "lora_bias", {}).get(adapter, False) or not isinstance(module.lora_A[adapter], nn.Linear):
+        plain = isinstance(module.lora_A[adapter], nn.Linear) and not module.lora_embedding_A
+        if module.use_dora.get(adapter, False) or getattr(module, "lora_bias", {}).get(adapter, False) or not plain:
             return None, f"{name} is not a plain LoRA of a linear projection (DoRA, embedding or bias)"
         projections[name] = LoraProjection(module.lora_A[adapter].weight.detach(),
                                            module.lora_B[adapter].weight.detach(), float(module.scaling[adapter]))

@@ -252,6 +252,9 @@ def generate(
                if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__)
         raise ValueError(f"attention_mask: expected a tensor of shape {list(input_ids.shape)} on {device}, got {got}")
     _check_prompt(input_ids, attention_mask, max_new_tokens, [patient, *(doctors[i] for i in plan.separate)])
+    if router is not None and (betas is not None or not (isinstance(alpha, (int, float)) and alpha == 1.0)):
+        raise ValueError("router: it chooses the weights of every token, so alpha and betas would be ignored; "
+                         "leave alpha and betas at their defaults when giving a router")
     if betas is None:
         betas = [1.0] * len(doctors)
     if len(betas) != len(doctors):

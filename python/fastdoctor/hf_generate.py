@@ -7,9 +7,11 @@
 Honoured generation_config fields: max_new_tokens / max_length, do_sample, temperature, top_k, top_p,
 eos_token_id, pad_token_id. Any other field set away from its neutral value (beams, repetition penalty,
 min_length, ...) is an error, as is a logits processor or stopping criterion fastdoctor cannot honour.
+A streamer given to model.generate receives every step's tokens and the end, as HF defines it.
 """
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from .generate import generate
@@ -48,14 +50,35 @@ def _check_config(config, logits_processor, stopping_criteria) -> None:
         raise ValueError(f"stopping_criteria: {extra} are not supported (max length and EOS are)")
 
 
+class _PromptAlreadyPut:
+    """model.generate's own streamer, handed on: HF has already put the prompt, so the first put is dropped."""
+
+    def __init__(self, streamer):
+        self.streamer, self.prompt_seen = streamer, False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.streamer.put(value)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        self.streamer.end()
+
+
+def _callers_streamer(frame):
+    """The streamer model.generate was given. transformers 5 keeps it from a callable custom_generate (it puts
+    the prompt on it, then never hands it on, so a consumer waited for ever); it is the caller's local."""
+    value = frame.f_locals.get("streamer") if frame is not None and frame.f_code.co_name == "generate" else None
+    return value if value is not None and callable(getattr(value, "put", None)) else None
+
+
 def guided(*, doctors: Sequence = (), alpha=1.0, betas=None, router=None, seed=None, generator=None,
            streamer=None, vocab_size: int | None = None, eos_check_interval: int | None = None,
            compile: bool = False):
     """A `custom_generate` callable that runs fastdoctor.generate with these steering settings and the
     sampling settings of HF's generation_config.
 
-    streamer: give it here. transformers 5 does not forward model.generate's own `streamer` to a callable
-    custom_generate (it calls put(prompt) on it and never end()); this one receives the full HF protocol."""
+    streamer: here or to model.generate (not both): it receives the full HF protocol either way."""
 
     def custom_generate(model, input_ids, logits_processor=None, stopping_criteria=None, generation_config=None,
                         synced_gpus=False, **model_kwargs):
@@ -70,11 +93,15 @@ def guided(*, doctors: Sequence = (), alpha=1.0, betas=None, router=None, seed=N
         if max_length is None:
             raise ValueError("generation_config: set max_new_tokens or max_length")
         eos = generation_config.eos_token_id
+        handed = _callers_streamer(sys._getframe(1))
+        if handed is not None and streamer is not None:
+            raise ValueError("streamer: given to both guided() and model.generate(); give it to one of them")
         return generate(model, input_ids, doctors=doctors, alpha=alpha, betas=betas, router=router,
                         attention_mask=model_kwargs.get("attention_mask"),
                         max_new_tokens=max(max_length - input_ids.shape[1], 0), seed=seed, generator=generator,
                         eos_token_id=list(eos) if isinstance(eos, (list, tuple)) else eos,
-                        pad_token_id=generation_config.pad_token_id, streamer=streamer, vocab_size=vocab_size,
+                        pad_token_id=generation_config.pad_token_id,
+                        streamer=_PromptAlreadyPut(handed) if handed is not None else streamer, vocab_size=vocab_size,
                         eos_check_interval=eos_check_interval, compile=compile, **sampling)
 
     return custom_generate

@@ -50,7 +50,8 @@ class Plan:
     reasons: Mapping[int, str]
 
     def describe(self) -> str:
-        lines = [f"doctors[{i}]: in the patient's stacked forward (segment {k + 1})" for k, i in enumerate(self.stacked)]
+        lines = [f"doctors[{i}]: in the patient's stacked forward (segment {k + 1})"
+                 for k, i in enumerate(self.stacked)]
         lines += [f"doctors[{i}]: a separate model: {self.reasons[i]}" for i in self.separate]
         return "\n".join(sorted(lines))
 

@@ -47,7 +47,10 @@ def test_non_finite_values_under_padding_are_ignored(tmp_path):
     tensors = rewards_tensors()
     tensors["chosen_mask"][1, 4] = False
     tensors["chosen_rewards"][1, 4] = float("nan")
-    rewards.load_rewards(write(tmp_path / "r.safetensors", tensors))
+    loaded, _ = rewards.load_rewards(write(tmp_path / "r.safetensors", tensors))
+    assert not bool(loaded["chosen_mask"][1, 4]) and torch.isnan(loaded["chosen_rewards"][1, 4])  # kept, masked
+    kept = loaded["chosen_mask"]
+    assert torch.equal(loaded["chosen_rewards"][kept], tensors["chosen_rewards"][kept])
 
 
 def test_tensors_that_disagree_in_row_count_are_refused(tmp_path):
