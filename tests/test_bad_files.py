@@ -189,3 +189,29 @@ def test_a_doctor_with_nan_weights_is_neither_saved_nor_loaded(tmp_path):
     save_file(head, str(tmp_path / "d" / "value_head.safetensors"))
     with pytest.raises(ValueError, match="0.bias holds NaN or inf"):
         doctor_lib.load_doctor(tmp_path / "d")
+
+
+def test_a_lone_surrogate_in_jsonl_names_the_line_and_field(tmp_path):
+    from fastdoctor.files import read_jsonl_objects
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "hi", "chosen": "ok"}\n{"prompt": "hi", "chosen": "bad \\ud800 text"}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: field 'chosen' holds a lone surrogate"):
+        list(read_jsonl_objects(path))
+
+
+def test_a_full_disk_names_the_file_being_written(tmp_path, monkeypatch):
+    import errno
+
+    from fastdoctor.files import atomic_file, staged_directory
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=r"writing .*out.json: No space left on device"):
+        with atomic_file(tmp_path / "out.json") as temporary:
+            full(temporary)
+    with pytest.raises(OSError, match=r"writing .*folder: No space left on device"):
+        with staged_directory(tmp_path / "folder"):
+            full()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing half-written left behind

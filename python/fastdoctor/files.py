@@ -86,9 +86,19 @@ def staged_directory(path: pathlib.Path) -> Iterator[pathlib.Path]:
     try:
         yield staging
         commit()
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _naming(error, path) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _naming(error: OSError, path: pathlib.Path) -> OSError:
+    """`error` with the file being written named (a full disk otherwise says only 'No space left on device')."""
+    if str(path) in str(error):
+        return error
+    return type(error)(error.errno, f"writing {path}: {error.strerror or error}")
 
 
 def first_non_finite(named_tensors) -> str | None:
@@ -114,6 +124,9 @@ def atomic_file(path: pathlib.Path) -> Iterator[pathlib.Path]:
         _fsync(temporary)
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise _naming(error, path) from error
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -159,4 +172,24 @@ def read_jsonl_objects(path: pathlib.Path, expected: str = "a JSON object") -> I
                 raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{number}: expected {expected}")
+            bad = _first_non_text(record)
+            if bad is not None:
+                raise ValueError(f"{path}:{number}: field {bad!r} holds a lone surrogate escape (\\ud800-\\udfff "
+                                 "without its pair), which is not text")
             yield number, record
+
+
+def _first_non_text(value, key: str = "") -> str | None:
+    """The key of the first string in a JSON value that is not valid Unicode text (a lone surrogate), else None."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return key or "(the value)"
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for name, item in items:
+        found = _first_non_text(item, f"{key}.{name}" if key else str(name))
+        if found is not None:
+            return found
+    return None

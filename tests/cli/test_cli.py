@@ -118,3 +118,13 @@ def test_an_unwritable_out_fails_before_any_work(tmp_path):
                  ["taro", "train-router", "--steps", "1", "--rm", "x"]):
         out = run_cli(*args, "--out", str(blocker / "inside"))
         assert out.returncode == 2 and "is not a writable folder" in out.stderr, out.stderr
+
+
+def test_a_prompt_that_is_not_utf8_names_the_argument_and_the_byte():
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "fastdoctor.cli", "generate", "--prompt", b"caf\xe9".decode(
+        "utf-8", "surrogateescape")], capture_output=True, text=True, env={**os.environ, "PYTHONUTF8": "1"})
+    assert result.returncode == 2 and "argument --prompt: not UTF-8 text (byte 0xe9 at character 3)" in result.stderr

@@ -29,3 +29,15 @@ def writable_path(text: str) -> str:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"{text}: cannot be created ({parent} is not a writable folder)")
     return text
+
+
+def utf8_text(text: str) -> str:
+    """Text a tokenizer can take. A byte that is not UTF-8 reaches Python as a lone surrogate (the
+    surrogateescape of the command line), which the tokenizer would reject later without naming the argument."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise argparse.ArgumentTypeError(f"not UTF-8 text ({byte} at character {error.start})") from None
+    return text

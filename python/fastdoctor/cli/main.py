@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from . import llmdoctor, taro
+from .arguments import utf8_text
 
 
 def environment_report() -> dict[str, str]:
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("env", help="print versions and which compiled kernels loaded").set_defaults(func=_cmd_env)
     gen = sub.add_parser("generate", help="stream a completion from the patient, steered by doctors")
-    gen.add_argument("--prompt", required=True, help="the user message (the chat template is applied)")
-    gen.add_argument("--system", default=None, help="an optional system message")
+    gen.add_argument("--prompt", required=True, type=utf8_text, help="the user message (the chat template is applied)")
+    gen.add_argument("--system", default=None, type=utf8_text, help="an optional system message")
     gen.add_argument("--patient", default="default", help="HF model folder, or 'default' (SmolLM2-135M-Instruct)")
     gen.add_argument("--doctor", action="append", default=[],
                      help="doctor folder, or bundled:positivity / bundled:concision (repeatable); adapter doctors of the patient share "
