@@ -76,9 +76,14 @@ def plan(patient: nn.Module, doctors: Sequence) -> Plan:
     An AdapterDoctor of another base is a ValueError; a peft doctor of the patient's base that cannot be stacked
     gets one RuntimeWarning."""
     patient_fingerprint = functools.cache(lambda: weights.fingerprint(patient))  # only where a doctor needs it
+    sharded = functools.cache(lambda: any(type(p).__name__ == "DTensor" for p in patient.parameters()))
     base = _first(patient)
     stacked, adapters, separate, reasons = [], [], [], {}
     for index, doctor in enumerate(doctors):
+        if (isinstance(doctor, AdapterDoctor) or is_lora_model(doctor)) and sharded():
+            raise ValueError(f"doctors[{index}]: an adapter doctor of a tensor-parallel patient (DTensor weights) "
+                             "cannot run yet: its LoRA tensors are not sharded by the patient's plan. Load the "
+                             "patient on one device, or steer the sharded patient with a separate doctor model")
         if isinstance(doctor, AdapterDoctor):
             if doctor.base_fingerprint != patient_fingerprint():
                 raise ValueError(f"doctors[{index}]: {doctor!r} adapts another base model than this patient (the "
