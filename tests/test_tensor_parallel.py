@@ -1,6 +1,8 @@
 """A patient that transformers shards with its own tensor-parallel plan (DistributedConfig(tp_size=2), two gloo
-processes under torchrun): generate runs unchanged on every rank and gives the single-process tokens, alone and
-with a separate doctor; an adapter doctor of the sharded patient is refused with a clear error (not yet run)."""
+processes under torchrun): generate runs unchanged on every rank and gives the single-process tokens, alone, with
+a separate doctor, and with adapter doctors stacked into the sharded forward (their LoRA tensors split by the
+patient's plan: B by output rows for column-parallel projections, A by input columns for row-parallel ones,
+whose partial deltas ride the projection's own all-reduce)."""
 from __future__ import annotations
 
 import os
@@ -30,38 +32,57 @@ for sampling in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9, seed=[3
     for doctors in ([], [doctor]):
         kwargs = dict(attention_mask=mask, doctors=doctors, betas=[0.7] * len(doctors), max_new_tokens=6, **sampling)
         assert torch.equal(fastdoctor.generate(sharded, ids, **kwargs), fastdoctor.generate(single, ids, **kwargs))
-adapter = fastdoctor.load_doctor({adapter!r}, single)
+first = fastdoctor.load_doctor({adapter!r}, sharded)  # the fingerprint of the gathered weights matches
+second = fastdoctor.load_doctor({adapter2!r}, single)
+from fastdoctor import shared_base
+assert shared_base.plan(sharded, [first, doctor, second]).stacked == (0, 2)
+for sampling in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9, seed=[3, 4, 5])):
+    for doctors in ([first], [first, second], [first, doctor, second]):
+        kwargs = dict(attention_mask=mask, doctors=doctors, betas=[0.7] * len(doctors), max_new_tokens=6, **sampling)
+        ours, reference = fastdoctor.generate(sharded, ids, **kwargs), fastdoctor.generate(single, ids, **kwargs)
+        assert torch.equal(ours, reference), (len(doctors), sampling, ours, reference)
+parallel = {{stacked.parallel for entry in shared_base._POOL[sharded] for _, stacked in entry.built.projections}}
+assert parallel == {{"col", "row"}}, parallel  # q/k/v/gate/up split by output rows, o/down by input columns
+from fastdoctor.sequences import pack_sequences
+batch = pack_sequences([torch.tensor([5, 6, 7])], [torch.tensor([8, 9, 10])])
+with torch.no_grad():
+    for a, b in zip(shared_base.teacher_forced_logits(sharded, [first, second], batch),
+                    shared_base.teacher_forced_logits(single, [first, second], batch)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 try:
-    fastdoctor.generate(sharded, ids, attention_mask=mask, doctors=[adapter], max_new_tokens=2)
+    fastdoctor.generate(sharded, ids, attention_mask=mask, doctors=[first], max_new_tokens=2, compile=True)
 except ValueError as error:
-    assert "adapter doctor of a tensor-parallel patient" in str(error), error
+    assert "compile: the stacked forward of a tensor-parallel patient runs eagerly" in str(error), error
 else:
-    raise AssertionError("an adapter doctor of a sharded patient was not refused")
+    raise AssertionError("compile=True with a sharded stacked forward was not refused")
 print("rank", rank, "ok", flush=True)
 """
 
 
 @pytest.mark.slow
-def test_a_tensor_parallel_patient_decodes_like_one_process(tmp_path):
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # Qwen2's q/k/v carry biases: split with the rows
+def test_a_tensor_parallel_patient_decodes_like_one_process(tmp_path, family):
     import torch
 
     from fastdoctor import adapters, weights
     from fastdoctor.lora import attach_lora
     from conftest import tiny_model
 
-    patient = tiny_model("llama", seed=0)
+    patient = tiny_model(family, seed=0)
     patient.save_pretrained(tmp_path / "patient")
-    tiny_model("llama", seed=1).save_pretrained(tmp_path / "doctor")
-    lm = attach_lora(weights.weight_sharing_copy(patient), rank=4)
-    with torch.no_grad():
-        for name, p in lm.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.3)
-    (tmp_path / "adapter").mkdir()
-    adapters.save_adapter(lm.eval(), tmp_path / "adapter")
+    tiny_model(family, seed=1).save_pretrained(tmp_path / "doctor")
+    for name, seed in (("adapter", 1), ("adapter2", 2)):
+        torch.manual_seed(seed)
+        lm = attach_lora(weights.weight_sharing_copy(patient), rank=4)
+        with torch.no_grad():
+            for key, p in lm.named_parameters():
+                if "lora_" in key:
+                    p.normal_(0.0, 0.3)
+        (tmp_path / name).mkdir()
+        adapters.save_adapter(lm.eval(), tmp_path / name)
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.format(tests=str(HERE), patient=str(tmp_path / "patient"),
-                                    doctor=str(tmp_path / "doctor"), adapter=str(tmp_path / "adapter")))
+    script.write_text(WORKER.format(tests=str(HERE), patient=str(tmp_path / "patient"), doctor=str(tmp_path / "doctor"),
+                                    adapter=str(tmp_path / "adapter"), adapter2=str(tmp_path / "adapter2")))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              str(script)], env=env, capture_output=True, text=True, timeout=300)

@@ -103,10 +103,10 @@ def sample_weight_vectors(patient, tokenizer, prompts: Sequence[str], weights: S
         alpha = torch.tensor([float(weights[k][0]) for k, _, _ in chunk])
         betas = [torch.tensor([float(weights[k][1][d]) if weights[k][1] else 1.0 for k, _, _ in chunk])
                  for d in range(len(doctors))]
+        weighting = dict(router=router) if router is not None else dict(alpha=alpha, betas=betas or None)
         out = generate(patient, ids.to(device), attention_mask=mask.to(device), doctors=list(doctors),
-                       alpha=alpha, betas=betas or None, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_p=top_p, seed=[seed + j for _, _, j in chunk], eos_token_id=eos, pad_token_id=pad,
-                       router=router)
+                       max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                       seed=[seed + j for _, _, j in chunk], eos_token_id=eos, pad_token_id=pad, **weighting)
         # generate clears the router's trace at the start of each call: it holds this batch's steps only
         trace = torch.stack(router.trace, dim=1).float().cpu() if traced and router.trace else None
         for r, (k, i, j) in enumerate(chunk):

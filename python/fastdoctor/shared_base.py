@@ -80,10 +80,10 @@ def plan(patient: nn.Module, doctors: Sequence) -> Plan:
     base = _first(patient)
     stacked, adapters, separate, reasons = [], [], [], {}
     for index, doctor in enumerate(doctors):
-        if (isinstance(doctor, AdapterDoctor) or is_lora_model(doctor)) and sharded():
-            raise ValueError(f"doctors[{index}]: an adapter doctor of a tensor-parallel patient (DTensor weights) "
-                             "cannot run yet: its LoRA tensors are not sharded by the patient's plan. Load the "
-                             "patient on one device, or steer the sharded patient with a separate doctor model")
+        if is_lora_model(doctor) and sharded():
+            raise ValueError(f"doctors[{index}]: a peft LoRA model of a tensor-parallel patient (DTensor weights) "
+                             "cannot be stacked; save it and load it with fastdoctor.load_doctor(path, patient), "
+                             "which shards its LoRA tensors by the patient's plan")
         if isinstance(doctor, AdapterDoctor):
             if doctor.base_fingerprint != patient_fingerprint():
                 raise ValueError(f"doctors[{index}]: {doctor!r} adapts another base model than this patient (the "
@@ -147,19 +147,25 @@ class StackedLoRA:
         self.segments = sorted(layout)
         self.scales = [layout[s].scale for s in self.segments]
         self.segment_count = segment_count
-        weight = module.weight
-        self.weight_dtype = torch.bfloat16 if weight.dtype == torch.bfloat16 else torch.float32
-        self.shrink = [torch.empty(layout[s].a.shape, dtype=self.weight_dtype, device=weight.device)
-                       for s in self.segments]
-        self.expand = [torch.empty(layout[s].b.shape[::-1], dtype=self.weight_dtype, device=weight.device)
-                       for s in self.segments]
+        self.parallel, self.weight, self.span, self.group = _tensor_parallel_layout(module.weight)
+        bias = module.bias if isinstance(module, nn.Linear) else None
+        self.bias = weights.local_tensor(bias) if bias is not None else None
+        self.weight_dtype = torch.bfloat16 if self.weight.dtype == torch.bfloat16 else torch.float32
+        self.in_span = self.span if self.parallel == "row" else None  # the slice of A's columns this rank holds
+        self.out_span = self.span if self.parallel == "col" else None  # the slice of B's rows
+        device = self.weight.device
+        self.shrink = [torch.empty(_part(layout[s].a, None, self.in_span).shape, dtype=self.weight_dtype,
+                                   device=device) for s in self.segments]
+        self.expand = [torch.empty(_part(layout[s].b, self.out_span, None).shape[::-1], dtype=self.weight_dtype,
+                                   device=device) for s in self.segments]
 
     @torch.no_grad()
     def load(self, sources: dict[int, LoraProjection]) -> None:
-        """Copies the doctors' LoRA weights into the layout the kernel reads (lora_A as is, lora_B transposed)."""
+        """Copies the doctors' LoRA weights into the layout the kernel reads (lora_A as is, lora_B transposed),
+        each rank's part of them for a tensor-parallel projection."""
         for segment, shrink, expand in zip(self.segments, self.shrink, self.expand):
-            shrink.copy_(sources[segment].a)
-            expand.copy_(sources[segment].b.t())
+            shrink.copy_(_part(sources[segment].a, None, self.in_span))
+            expand.copy_(_part(sources[segment].b, self.out_span, None).t())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_forward(x)
@@ -167,15 +173,62 @@ class StackedLoRA:
                                              x.shape[0] // self.segment_count)  # the op itself: no Python wrapper
         return y
 
+    def rowwise(self, x: torch.Tensor) -> torch.Tensor:
+        """A row-parallel projection (its input split by columns across ranks): this rank's partial product and
+        partial deltas, then one all-reduce for both, then the bias once (transformers' local inference path,
+        with the deltas folded into its all-reduce)."""
+        if torch.is_grad_enabled():
+            raise RuntimeError("the stacked forward of a tensor-parallel patient runs without gradients only")
+        y = nn.functional.linear(x, self.weight)
+        torch.ops.fastdoctor.segmented_lora_(y, x.contiguous(), self.shrink, self.expand, self.scales, self.segments,
+                                             x.shape[0] // self.segment_count)
+        torch.distributed.all_reduce(y, group=self.group)
+        return y if self.bias is None else y + self.bias
+
     def forward_of(self, module: nn.Module, compiled: bool):
         """The callable to install as `module.forward` for an eager or a torch.compile'd decode step (dynamo
-        cannot trace the C++-bound one). The buffers are bound once: load() refills them in place."""
+        cannot trace the C++-bound one). The buffers are bound once: load() refills them in place. A
+        tensor-parallel projection computes on its local shards (column-parallel: this rank's output columns,
+        no communication; row-parallel: rowwise())."""
+        if self.parallel == "row":
+            return self.rowwise
         if type(module) is not nn.Linear:
             return self
-        args = (module.weight, module.bias, self.shrink, self.expand, self.scales, self.segments, self.segment_count)
+        args = (self.weight, self.bias, self.shrink, self.expand, self.scales, self.segments, self.segment_count)
         if compiled:
             return functools.partial(torch.ops.fastdoctor.linear_segmented_lora.default, *args)
         return _C.BoundLinearSegmentedLora(*args)
+
+
+def _tensor_parallel_layout(weight: torch.Tensor):
+    """("col" | "row" | None, the local weight, (start, stop) of this rank's slice of the sharded dimension, the
+    process group) of a projection weight [out, in]; a column-parallel weight is split by output rows (Shard(0)),
+    a row-parallel one by input columns (Shard(1)), as torch.chunk splits them."""
+    if not weights.is_sharded(weight):
+        return None, weight, None, None
+    from torch.distributed.tensor import Shard
+
+    placement, local, mesh = weight.placements[0], weight.to_local(), weight.device_mesh
+    if len(weight.placements) != 1 or not isinstance(placement, Shard):
+        return None, weight.full_tensor(), None, None  # replicated on this 1-D mesh: every rank holds it whole
+    dim = placement.dim % weight.dim()
+    size, world, rank = weight.shape[dim], mesh.size(), mesh.get_local_rank()
+    chunk = -(-size // world)
+    start = min(rank * chunk, size)
+    span = (start, min(start + chunk, size))
+    if span[1] - span[0] != local.shape[dim]:
+        raise ValueError(f"a tensor-parallel weight of shape {list(weight.shape)} holds {local.shape[dim]} of "
+                         f"dimension {dim} on rank {rank}, not torch.chunk's {span[1] - span[0]}")
+    return ("col" if dim == 0 else "row"), local, span, mesh.get_group()
+
+
+def _part(tensor: torch.Tensor, rows, columns) -> torch.Tensor:
+    """tensor[rows[0]:rows[1], columns[0]:columns[1]], a span of None meaning all."""
+    if rows is not None:
+        tensor = tensor[rows[0]: rows[1]]
+    if columns is not None:
+        tensor = tensor[:, columns[0]: columns[1]]
+    return tensor
 
 
 def _layout(adapters: Sequence[AdapterDoctor]) -> tuple:
@@ -187,7 +240,7 @@ def _layout(adapters: Sequence[AdapterDoctor]) -> tuple:
 def _base_key(patient: nn.Module) -> tuple:
     """The patient's current tensors: a copy built over tensors the patient no longer holds (after .to() or a
     reassigned weight) is never lent again."""
-    return tuple((t.data_ptr(), t.dtype, t.device) for t in patient.parameters())
+    return tuple((weights.local_tensor(t).data_ptr(), t.dtype, t.device) for t in patient.parameters())
 
 
 class SharedBase:
@@ -226,6 +279,8 @@ _CLOCK = itertools.count()
 def stacked(patient: nn.Module, adapters: Sequence[AdapterDoctor], compiled: bool = False):
     """`with stacked(patient, adapters, compiled) as model:` an HF causal LM over [patient; adapter 1; ...]
     segments of equal rows, holding the adapters' current LoRA weights, lent to this call alone."""
+    if compiled and any(weights.is_sharded(p) for p in patient.parameters()):
+        raise ValueError("compile: the stacked forward of a tensor-parallel patient runs eagerly; pass compile=False")
     key = (compiled, _layout(adapters), _base_key(patient))
     with _LOCK:
         entries = _POOL.setdefault(patient, [])

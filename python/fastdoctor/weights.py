@@ -33,10 +33,20 @@ def base_parameters(model: nn.Module):
         yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), parameter
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This process's part of a tensor: the local shard of a DTensor (a tensor-parallel weight), else itself."""
+    return t.to_local() if is_sharded(t) else t
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "DTensor"
+
+
 def _tensor_key(named: list[tuple[str, torch.Tensor]]) -> tuple:
     """What identifies the current contents of these tensors without reading them: storage, in-place version
     (an optimizer step or load_state_dict bumps it), shape, dtype and device."""
-    return tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device) for name, t in named)
+    return tuple((name, local_tensor(t).data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
+                 for name, t in named)
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -50,9 +60,10 @@ def fingerprint(model: nn.Module) -> str:
     if cached is not None and cached[0] == key:
         return cached[1]
     digest = hashlib.sha256()
-    with torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad():  # a DTensor cannot be detached in inference mode
         for name, tensor in named:
-            flat = tensor.detach().reshape(-1)
+            # A tensor-parallel weight is gathered whole, one at a time: the same fingerprint as on one device.
+            flat = (tensor.full_tensor() if is_sharded(tensor) else tensor.detach()).reshape(-1)
             stride = max(1, flat.numel() // _SAMPLES)
             sample = flat[::stride].to(torch.bfloat16).float().cpu()
             digest.update(f"{name}:{list(tensor.shape)};".encode())
