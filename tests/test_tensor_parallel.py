@@ -55,6 +55,11 @@ except ValueError as error:
     assert "compile: the stacked forward of a tensor-parallel patient runs eagerly" in str(error), error
 else:
     raise AssertionError("compile=True with a sharded stacked forward was not refused")
+torch.manual_seed(100 + rank)  # each rank's own generator differs: seed=None takes rank 0's draws everywhere
+drawn = fastdoctor.generate(sharded, ids, attention_mask=mask, doctors=[first], temperature=1.0, max_new_tokens=6)
+everyone = [None, None]
+torch.distributed.all_gather_object(everyone, drawn.tolist())
+assert everyone[0] == everyone[1]
 print("rank", rank, "ok", flush=True)
 """
 
@@ -88,3 +93,59 @@ def test_a_tensor_parallel_patient_decodes_like_one_process(tmp_path, family):
                              str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 0 ok" in result.stdout and "rank 1 ok" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_cli_decodes_under_torchrun_and_prints_once(model_folders, tmp_path):
+    """`torchrun --nproc_per_node 2 -m fastdoctor.cli generate --tp 2`: the single-process text, printed once."""
+    import torch
+
+    from fastdoctor import adapters, weights
+    from fastdoctor.lora import attach_lora
+    from fastdoctor.models import load_model
+
+    patient, _ = load_model(model_folders["patient"])
+    torch.manual_seed(1)
+    lm = attach_lora(weights.weight_sharing_copy(patient), rank=4)
+    with torch.no_grad():
+        for key, p in lm.named_parameters():
+            if "lora_B" in key:
+                p.normal_(0.0, 0.3)
+    (tmp_path / "adapter").mkdir()
+    adapters.save_adapter(lm.eval(), tmp_path / "adapter")
+    args = ["generate", "--patient", str(model_folders["patient"]), "--doctor", str(tmp_path / "adapter"),
+            "--prompt", "My bus was late.", "--max-new-tokens", "6", "--temperature", "0", "--dtype", "float32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, "-m", "fastdoctor.cli", *args], capture_output=True, text=True, env=env)
+    sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                              "-m", "fastdoctor.cli", *args, "--tp", "2"], capture_output=True, text=True, env=env,
+                             timeout=300)
+    assert single.returncode == 0 and sharded.returncode == 0, sharded.stderr[-3000:]
+    assert sharded.stdout == single.stdout and single.stdout.strip()  # the streamed text, once
+    assert sharded.stderr.count("new tokens in") == 1 and "2 tensor-parallel ranks" in sharded.stderr
+
+
+@pytest.mark.parametrize("env,tp,family,match", [
+    ({}, 2, "llama", "start it with torchrun --nproc_per_node 2"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, 3, "llama", "does not divide the 2 processes torchrun started"),
+    ({"RANK": "0", "WORLD_SIZE": "3"}, 3, "llama", r"does not divide the model's num_attention_heads \(4\)"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, 2, "gpt2", "no tensor-parallel plan for gpt2 models"),
+    ({"RANK": "0", "WORLD_SIZE": "2"}, 0, "llama", "tp_size: expected an int >= 1, got 0"),
+])
+def test_tensor_parallel_loading_refuses_what_it_cannot_shard(monkeypatch, env, tp, family, match):
+    from fastdoctor.models import _check_tensor_parallel
+    from conftest import tiny_model
+
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValueError, match=match):
+        _check_tensor_parallel(tiny_model(family).config, tp)
+
+
+def test_the_cli_refuses_tp_without_torchrun(model_folders):
+    from conftest import run_cli
+
+    result = run_cli("generate", "--patient", str(model_folders["patient"]), "--prompt", "hi", "--tp", "2")
+    assert result.returncode == 1 and "--tp: tp_size=2: tensor parallelism runs one process per shard" in result.stderr

@@ -273,6 +273,9 @@ def generate(
     steering = as_steering(router) if router is not None else FixedWeights(weights)
     steering.trace.clear()
     seeds = _row_seeds(seed, generator, batch, device)
+    group = shared_base.tensor_parallel_group(patient)
+    if group is not None and seed is None:  # drawn from each rank's own generator: every rank takes rank 0's
+        torch.distributed.broadcast(seeds, group=group, group_src=0)
     step = torch.zeros(batch, dtype=torch.int64, device=device)
     sampling = RowSampling(temperature_t, top_k_t, top_p_t, seeds, step, vocab)
     eos_ids, pad = _special_ids(eos_token_id, pad_token_id, vocab)

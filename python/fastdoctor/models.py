@@ -76,21 +76,50 @@ def default_patient_path(cache: pathlib.Path | None = None) -> pathlib.Path:
 
 
 def load_model(name_or_path: str | os.PathLike = DEFAULT_PATIENT, *, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu"):
+               device: str | torch.device = "cpu", tp_size: int | None = None):
     """(model, tokenizer) for "default" (the embedded SmolLM2-135M-Instruct) or any local HF model folder.
 
-    Models are put in eval mode. Only local files are read (local_files_only=True)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    Models are put in eval mode. Only local files are read (local_files_only=True). tp_size=N (under torchrun)
+    shards the model over N processes by transformers' own tensor-parallel plan (DistributedConfig): each rank
+    holds its shards, and generate runs unchanged on every rank."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = default_patient_path() if str(name_or_path) == DEFAULT_PATIENT else pathlib.Path(name_or_path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model: {path} is not a Hugging Face model folder (no config.json); pass "
                                 f"'{DEFAULT_PATIENT}' for the embedded default patient")
     check_safetensors_folder(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
-                                                 use_safetensors=True).to(device).eval()
+    if tp_size is None:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True,
+                                                     use_safetensors=True).to(device).eval()
+    else:
+        from transformers import DistributedConfig
+
+        _check_tensor_parallel(AutoConfig.from_pretrained(path, local_files_only=True), tp_size)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True, use_safetensors=True,
+                                                     distributed_config=DistributedConfig(tp_size=tp_size)).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tokenizer
+
+
+def _check_tensor_parallel(config, tp_size) -> None:
+    """ValueErrors naming tp_size before transformers shards anything: no torchrun, a world it does not divide,
+    a model class without a tensor-parallel plan, heads it does not divide."""
+    if isinstance(tp_size, bool) or not isinstance(tp_size, int) or tp_size < 1:
+        raise ValueError(f"tp_size: expected an int >= 1, got {tp_size!r}")
+    world = os.environ.get("WORLD_SIZE")
+    if world is None or "RANK" not in os.environ:
+        raise ValueError(f"tp_size={tp_size}: tensor parallelism runs one process per shard; start it with "
+                         f"torchrun --nproc_per_node {tp_size} (RANK and WORLD_SIZE are unset)")
+    if int(world) % tp_size:
+        raise ValueError(f"tp_size={tp_size}: does not divide the {world} processes torchrun started")
+    if not getattr(config, "base_model_tp_plan", None):
+        raise ValueError(f"tp_size={tp_size}: transformers has no tensor-parallel plan for {config.model_type} "
+                         "models; load it on one device")
+    for name in ("num_attention_heads", "num_key_value_heads"):
+        heads = getattr(config, name, None)
+        if heads and heads % tp_size:
+            raise ValueError(f"tp_size={tp_size}: does not divide the model's {name} ({heads})")
 
 
 def native_bf16(device: str | torch.device = "cpu") -> bool:

@@ -318,6 +318,15 @@ def teacher_forced_logits(patient: nn.Module, adapters: Sequence[AdapterDoctor],
         return list(run_lm(model, stacked_batch).logits.chunk(1 + len(adapters)))
 
 
+def tensor_parallel_group(model: nn.Module):
+    """The process group of a model sharded by a tensor-parallel plan (its first DTensor weight's mesh), else
+    None. Every rank of it decodes the same tokens."""
+    for parameter in model.parameters():
+        if weights.is_sharded(parameter):
+            return parameter.device_mesh.get_group()
+    return None
+
+
 def pooled(patient: nn.Module) -> int:
     """How many stacked copies of `patient` are kept (lent or idle)."""
     with _LOCK:

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import llmdoctor, taro
@@ -86,7 +87,12 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     transformers.logging.disable_progress_bar()  # the weight-loading bars would drown the streamed text
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(args.dtype, device)
-    patient, tokenizer = fastdoctor.load_model(args.patient, dtype=dtype, device=device)
+    try:
+        patient, tokenizer = fastdoctor.load_model(args.patient, dtype=dtype, device=device, tp_size=args.tp)
+    except ValueError as error:
+        raise SystemExit(f"--tp: {error}" if args.tp else str(error)) from None
+    device = next(patient.parameters()).device  # under --tp, transformers places each rank's shards
+    speaks = int(os.environ.get("RANK", "0")) == 0  # under --tp every rank decodes; rank 0 alone prints
     doctors = []
     for spec in args.doctor:
         try:  # the library's refusals are ValueErrors; here they become a message and exit status 1
@@ -125,7 +131,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         input_ids = encoded["input_ids"]
     else:
         input_ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if speaks else None
     started = time.perf_counter()
     output = fastdoctor.generate(patient, input_ids.to(device), doctors=doctors, alpha=alpha, betas=betas,
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -134,8 +140,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                  streamer=streamer)
     elapsed = time.perf_counter() - started
     new_tokens = output.shape[1] - input_ids.shape[1]
-    print(f"[fastdoctor] {new_tokens} new tokens in {elapsed:.2f} s: {new_tokens / elapsed:.1f} tokens/s "
-          f"({1 + len(doctors)} model(s), {device}, {str(dtype).removeprefix('torch.')})", file=sys.stderr)
+    where = f"{device.type}" + (f", {args.tp} tensor-parallel ranks" if args.tp else "")
+    if speaks:
+        print(f"[fastdoctor] {new_tokens} new tokens in {elapsed:.2f} s: {new_tokens / elapsed:.1f} tokens/s "
+              f"({1 + len(doctors)} model(s), {where}, {str(dtype).removeprefix('torch.')})", file=sys.stderr)
     return 0
 
 
@@ -182,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                      help="auto: bfloat16 where the device has native bf16, else float32 (see `fastdoctor env`)")
     gen.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    gen.add_argument("--tp", type=int, default=None, metavar="N",
+                     help="shard the patient over N processes by transformers' tensor-parallel plan (run under "
+                          "torchrun --nproc_per_node N; adapter doctors shard with it, rank 0 prints)")
     gen.set_defaults(func=_cmd_generate)
     llmdoctor.add_commands(sub)
     taro.add_commands(sub)
