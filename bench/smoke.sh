@@ -2,14 +2,14 @@
 # Smoke test of every benchmark: each script with --device cpu --quick --threads 1 into a temporary folder
 # (bench/results is never touched), one line per script with its wall time; fails if any script fails.
 # Uses the venv tests/run.sh builds (CI runs this after it).
-#   usage: bash bench/smoke.sh [script names...]   (default: all eighteen)
+#   usage: bash bench/smoke.sh [script names...]   (default: all nineteen)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${FASTDOCTOR_VENV:-$repo/.venv}"
 scripts=("$@")
 [ ${#scripts[@]} -gt 0 ] || scripts=(bench_mix_sample bench_router_gating bench_token_scoring bench_tfpo bench_rewards
                                      bench_generate bench_shared_base bench_shared_base_step bench_taro_generate bench_distill bench_tfpo_train eval_quality eval_dtype
-                                     eval_taro probe_taro_levels eval_fronts ablate_fronts bench_first_call)
+                                     eval_taro probe_taro_levels eval_fronts ablate_fronts bench_first_call bench_tensor_parallel)
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 cd "$repo"
