@@ -41,6 +41,21 @@ for sampling in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9, seed=[3
         kwargs = dict(attention_mask=mask, doctors=doctors, betas=[0.7] * len(doctors), max_new_tokens=6, **sampling)
         ours, reference = fastdoctor.generate(sharded, ids, **kwargs), fastdoctor.generate(single, ids, **kwargs)
         assert torch.equal(ours, reference), (len(doctors), sampling, ours, reference)
+# per-row weights, EOS mid-batch (row 0 stops at its third token), and the TARo router
+both = [first, doctor]
+rows = dict(attention_mask=mask, doctors=both, alpha=[1.0, 0.5, 0.2], betas=[[0.3, 0.9, 1.4], [0.5, 0.1, 0.0]],
+            max_new_tokens=6, temperature=0.0)
+eos = int(fastdoctor.generate(single, ids, **rows)[0, ids.shape[1] + 2])
+rows.update(eos_token_id=eos, pad_token_id=0)
+assert torch.equal(fastdoctor.generate(sharded, ids, **rows), fastdoctor.generate(single, ids, **rows))
+from fastdoctor import taro
+torch.manual_seed(0)
+router = taro.Router(single.config.vocab_size, k=5, embed_dim=4, hidden=16)
+with torch.no_grad():
+    router.out.weight.normal_(0.0, 1.0)
+routed = [fastdoctor.generate(model, ids, attention_mask=mask, doctors=[first], router=taro.RoutedSteering(router),
+                              temperature=1.0, seed=[1, 2, 3], max_new_tokens=6) for model in (sharded, single)]
+assert torch.equal(routed[0], routed[1])
 parallel = {{stacked.parallel for entry in shared_base._POOL[sharded] for _, stacked in entry.built.projections}}
 assert parallel == {{"col", "row"}}, parallel  # q/k/v/gate/up split by output rows, o/down by input columns
 from fastdoctor.sequences import pack_sequences
