@@ -23,11 +23,10 @@ import torch
 
 import fastdoctor
 from fastdoctor import quality, shared_base
-from fastdoctor.adapters import AdapterDoctor
 from fastdoctor.doctors import bundled_doctor
 from fastdoctor.llmdoctor.data import bundled_preferences
 from fastdoctor.llmdoctor.doctor import load_doctor
-from fastdoctor.sequences import pack_sequences, run_lm
+from fastdoctor.sequences import pack_sequences
 from common import add_options, run_meta, start, write_results
 
 MAX_NEW_TOKENS = 48
@@ -44,8 +43,7 @@ def greedy_agreement(patient, doctor_lm, completions: quality.Completions, beta:
             continue
         batch = pack_sequences([torch.tensor(completions.prompt_ids[i])], [torch.tensor(reply)])
         width = batch.response_ids.shape[1]
-        both = (shared_base.teacher_forced_logits(patient, [doctor_lm], batch) if isinstance(doctor_lm, AdapterDoctor)
-                else [run_lm(m, batch).logits for m in (patient, doctor_lm)])
+        both = shared_base.teacher_forced_logits(patient, [doctor_lm], batch)
         mixed = sum(w * torch.log_softmax(z[:, -width - 1:-1].float(), dim=-1) for w, z in zip((1.0, beta), both))
         hits = (mixed.argmax(-1) == batch.response_ids) & batch.response_mask
         agree += int(hits.sum())

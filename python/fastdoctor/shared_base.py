@@ -76,7 +76,7 @@ def plan(patient: nn.Module, doctors: Sequence) -> Plan:
     An AdapterDoctor of another base is a ValueError; a peft doctor of the patient's base that cannot be stacked
     gets one RuntimeWarning."""
     patient_fingerprint = functools.cache(lambda: weights.fingerprint(patient))  # only where a doctor needs it
-    sharded = functools.cache(lambda: any(type(p).__name__ == "DTensor" for p in patient.parameters()))
+    sharded = functools.cache(lambda: any(weights.is_sharded(p) for p in patient.parameters()))
     base = _first(patient)
     stacked, adapters, separate, reasons = [], [], [], {}
     for index, doctor in enumerate(doctors):
@@ -307,15 +307,27 @@ def stacked(patient: nn.Module, adapters: Sequence[AdapterDoctor], compiled: boo
                 forget_compiled(old.built.model)  # its compiled step holds the copy: drop both
 
 
-def teacher_forced_logits(patient: nn.Module, adapters: Sequence[AdapterDoctor], batch) -> list[torch.Tensor]:
-    """[patient logits, adapter 1 logits, ...] over a sequences.SequenceBatch (run_lm's forward: the states
-    s_0..s_L), all in one stacked forward."""
+def teacher_forced_logits(patient: nn.Module, doctors: Sequence, batch) -> list[torch.Tensor]:
+    """[patient logits, doctor 1 logits, ...] over a sequences.SequenceBatch (run_lm's forward: the states
+    s_0..s_L), as generate plans them: the patient and its stacked doctors in one forward, every other doctor in
+    its own."""
     from .sequences import SequenceBatch, run_lm
 
-    stacked_batch = SequenceBatch(*(t.repeat(1 + len(adapters), *([1] * (t.dim() - 1)))
-                                    for t in dataclasses.astuple(batch)))
-    with stacked(patient, adapters) as model:
-        return list(run_lm(model, stacked_batch).logits.chunk(1 + len(adapters)))
+    chosen = plan(patient, doctors)
+    logits: list[torch.Tensor] = [None] * (1 + len(doctors))
+    if chosen.adapters:
+        segments = 1 + len(chosen.adapters)
+        stacked_batch = SequenceBatch(*(t.repeat(segments, *([1] * (t.dim() - 1))) for t in dataclasses.astuple(batch)))
+        with stacked(patient, chosen.adapters) as model:
+            parts = run_lm(model, stacked_batch).logits.chunk(segments)
+        logits[0] = parts[0]
+        for part, index in zip(parts[1:], chosen.stacked):
+            logits[index + 1] = part
+    else:
+        logits[0] = run_lm(patient, batch).logits
+    for index in chosen.separate:
+        logits[index + 1] = run_lm(doctors[index], batch).logits
+    return logits
 
 
 def tensor_parallel_group(model: nn.Module):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..sequences import pack_sequences, run_lm
+from ..shared_base import teacher_forced_logits
 from ..tokens import split_response
 
 Sequences = Sequence[tuple[torch.Tensor, torch.Tensor]]  # (prompt ids, response ids)
@@ -80,8 +81,8 @@ def agreement(patient: nn.Module, doctor: nn.Module, sequences: Sequences, *, al
         chunk = sequences[first: first + batch_size]
         batch = pack_sequences([p for p, _ in chunk], [r for _, r in chunk], pad_id).to(device)
         width = batch.response_ids.shape[1]
-        lp = torch.log_softmax(run_lm(patient, batch).logits[:, :width].float(), -1)
-        ld = torch.log_softmax(run_lm(doctor, batch).logits[:, :width].float(), -1)
+        both = teacher_forced_logits(patient, [doctor], batch)  # an adapter doctor: in the patient's forward
+        lp, ld = (torch.log_softmax(z[:, :width].float(), -1) for z in both)
         mask = batch.response_mask
         choice = lp.argmax(-1)
         same += int(((ld.argmax(-1) == choice) & mask).sum())

@@ -88,7 +88,10 @@ class Doctor(nn.Module):
         """This doctor with its LM as a model of its own: a loaded adapter doctor becomes a peft LoRA model over
         a copy of `patient` that owns its weights (to train further, or to read its value head); any other LM
         is kept. The value head is copied."""
-        lm = self.lm.peft_model(patient) if isinstance(self.lm, AdapterDoctor) else self.lm
+        return self.with_lm(self.lm.peft_model(patient) if isinstance(self.lm, AdapterDoctor) else self.lm)
+
+    def with_lm(self, lm: nn.Module) -> "Doctor":
+        """A doctor with `lm` and a copy of this one's value head (and ramp)."""
         doctor = Doctor(lm, value_hidden=self.value_hidden, value_ramp=self.value_ramp is not None)
         doctor.value_head.load_state_dict(self.value_head.state_dict())
         if self.value_ramp is not None:
@@ -220,11 +223,7 @@ def export_merged(path: str | os.PathLike, patient, out: str | os.PathLike, toke
                          "already a standalone model")
     doctor = load_doctor(path, patient=patient, tokenizer=tokenizer)
     with staged_directory(out) as staging:  # created before the merge: an unwritable folder fails here
-        merged = Doctor(doctor.lm.merged_model(patient), value_hidden=doctor.value_hidden,
-                        value_ramp=doctor.value_ramp is not None)
-        merged.value_head.load_state_dict(doctor.value_head.state_dict())
-        if doctor.value_ramp is not None:
-            merged.value_ramp.data.copy_(doctor.value_ramp.data)
+        merged = doctor.with_lm(doctor.lm.merged_model(patient))
         info = {**meta.get("info", {}), "exported_from": str(source)}
         _write_doctor(merged, staging, tokenizer, info, merged=True)
     return out

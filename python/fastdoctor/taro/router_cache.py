@@ -20,7 +20,7 @@ from ..adapters import AdapterDoctor
 from ..files import staged_directory
 from ..models import logits_width
 from ..reference import MAX_ROUTER_TOP_K
-from ..sequences import pack_sequences, run_lm
+from ..sequences import pack_sequences
 from .reasoning import Problem, chat_prompt
 
 CACHE_FORMAT = "fastdoctor.taro_router_cache/1"
@@ -55,10 +55,8 @@ def model_signature(model) -> str:
 def _logits(base: nn.Module, rm, batch) -> dict[str, torch.Tensor]:
     """Both models' logits at the response states: an adapter RM and the base in one stacked forward."""
     width = batch.response_ids.shape[1]
-    if isinstance(rm, AdapterDoctor):
-        both = shared_base.teacher_forced_logits(base, [rm], batch)
-        return {"base": both[0][:, :width].float(), "rm": both[1][:, :width].float()}
-    return {name: run_lm(model, batch).logits[:, :width].float() for name, model in (("base", base), ("rm", rm))}
+    both = shared_base.teacher_forced_logits(base, [rm], batch)
+    return {"base": both[0][:, :width].float(), "rm": both[1][:, :width].float()}
 
 
 class RouterCache:
