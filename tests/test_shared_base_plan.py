@@ -157,3 +157,18 @@ def test_eager_and_compiled_calls_on_one_doctor_run_side_by_side(tmp_path):
         t.join()
     assert not errors, errors
     assert sorted(done) == sorted(MODES)
+
+
+def test_teacher_forced_scoring_takes_a_loaded_adapter_doctor():
+    """distill.agreement (and every scorer on shared_base.teacher_forced_logits) runs an AdapterDoctor inside the
+    patient's forward, with the numbers of its merged model."""
+    from fastdoctor.llmdoctor.distill import agreement
+
+    patient = tiny_model("llama", seed=0)
+    doctor, _ = adapters.snapshot(peft_doctor(patient, seed=1))
+    doctor = doctor.to()
+    sequences = [(torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10, 11])), (torch.tensor([12, 13]), torch.tensor([14]))]
+    stacked, merged = agreement(patient, doctor, sequences), agreement(patient, doctor.merged_model(patient), sequences)
+    assert stacked["tokens"] == merged["tokens"] == 5
+    assert stacked["perplexity"] == pytest.approx(merged["perplexity"], rel=1e-4)
+    assert stacked["greedy_agreement"] == merged["greedy_agreement"]
