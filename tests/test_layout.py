@@ -117,3 +117,18 @@ def test_one_helper_writes_and_checks_the_vocabulary_record():
     users = [module_name(p) for p in PACKAGE.rglob("*.py") if p.name != "tokens.py" and
              "vocab_fingerprint" in p.read_text()]
     assert not users, f"write vocab_record(tokenizer) and check with check_vocab(...), not by hand: {users}"
+
+
+def test_methods_never_import_the_bundled_data_scripts_and_nothing_runs_on_the_oracles():
+    """datasets/ holds the bundled files and the scripts that made them (which import the methods): the methods
+    find bundled files through the core (fastdoctor.doctors, llmdoctor.data's paths). reference.py holds the test
+    oracles: only tests and benchmarks import it."""
+    broken = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source, name = part_of(module_name(path)), module_name(path)
+        for target in imported_modules(path):
+            if source in METHODS and part_of(target) == "datasets":
+                broken.append(f"{name} imports {target}")
+            if target == "fastdoctor.reference" and name != "fastdoctor.reference" and source != "datasets":
+                broken.append(f"{name} imports the oracles")
+    assert not broken, "\n".join(broken)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from . import _C  # noqa: F401  (loads the schemas and kernels)
-from .reference import MAX_ROUTER_TOP_K
+from .ranking import MAX_ROUTER_TOP_K
 
 MAX_MIX_INPUTS = 8
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -171,15 +171,7 @@ def token_rewards_from_face_logprobs(logp_pos: torch.Tensor, logp_neg: torch.Ten
 # h has 2K(d+1) entries. Equal logits rank by the lower token id. E is nn.Embedding(V, d).weight, (w1, b1) is
 # nn.Linear(2K(d+1), H) and (w2, b2) is nn.Linear(H, 1); alpha = sigmoid(w2 . tanh(w1 h + b1) + b2).
 
-MAX_ROUTER_TOP_K = 64  # the fused op's limit on K (csrc/kernels/router_gating.h: kMaxRouterTopK)
-
-
-def router_top_k(logits: torch.Tensor, k: int, vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(values float32 [B, k], token ids int64 [B, k]) in descending rank order; ties go to the lower id (a
-    stable descending sort, which torch.topk does not promise)."""
-    z = logits[:, : (vocab_size or logits.shape[-1])].to(torch.float32)
-    values, ids = torch.sort(z, dim=-1, descending=True, stable=True)
-    return values[:, :k], ids[:, :k]
+from .ranking import MAX_ROUTER_TOP_K, router_top_k  # noqa: E402  (the one ranking, shared with the run-time code)
 
 
 def router_features(base_logits: torch.Tensor, rm_logits: torch.Tensor, embedding_weight: torch.Tensor, k: int,

@@ -19,7 +19,8 @@ import pathlib
 import torch
 from torch import nn
 
-from .. import ops, reference, tokens
+from .. import ops, tokens
+from ..ranking import router_top_k
 from ..files import read_format_json, staged_directory
 from ..steering import RowSampling
 
@@ -105,8 +106,8 @@ class Router(nn.Module):
         """alpha float32 [B] from the two models' logits [B, V] (ties in the top-K go to the lower token id,
         as in the kernels)."""
         self._check_logits(base_logits, rm_logits)
-        base_values, base_ids = reference.router_top_k(base_logits, self.k)
-        rm_values, rm_ids = reference.router_top_k(rm_logits, self.k)
+        base_values, base_ids = router_top_k(base_logits, self.k)
+        rm_values, rm_ids = router_top_k(rm_logits, self.k)
         return self.alpha_from_top_k(base_values, base_ids, rm_values, rm_ids)
 
     def forward(self, base_logits: torch.Tensor, rm_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

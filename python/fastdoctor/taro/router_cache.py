@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .. import reference, shared_base, tokens
+from .. import shared_base, tokens
 from ..adapters import AdapterDoctor
 from ..files import staged_directory
 from ..models import logits_width
-from ..reference import MAX_ROUTER_TOP_K
+from ..ranking import MAX_ROUTER_TOP_K, router_top_k
 from ..sequences import pack_sequences
 from .reasoning import Problem, chat_prompt
 
@@ -174,7 +174,7 @@ def build_router_cache(base: nn.Module, rm: nn.Module, tokenizer, problems: Sequ
             for name, logits in outputs.items():
                 flat = logits[mask]  # [count, V], problem by problem, token by token
                 arrays[name][rows] = flat.cpu().to(torch.float16).numpy()
-                values, ids = reference.router_top_k(flat, MAX_ROUTER_TOP_K)
+                values, ids = router_top_k(flat, MAX_ROUTER_TOP_K)
                 top[f"{name}_values"][rows] = values.cpu()
                 top[f"{name}_ids"][rows] = ids.to(torch.int32).cpu()
             position += count
