@@ -41,6 +41,12 @@ for sampling in (dict(temperature=0.0), dict(temperature=1.0, top_p=0.9, seed=[3
         kwargs = dict(attention_mask=mask, doctors=doctors, betas=[0.7] * len(doctors), max_new_tokens=6, **sampling)
         ours, reference = fastdoctor.generate(sharded, ids, **kwargs), fastdoctor.generate(single, ids, **kwargs)
         assert torch.equal(ours, reference), (len(doctors), sampling, ours, reference)
+# a separate doctor sharded by its own plan
+sharded_doctor = AutoModelForCausalLM.from_pretrained({doctor!r}, distributed_config=DistributedConfig(tp_size=2)).eval()
+assert type(sharded_doctor.model.layers[0].self_attn.q_proj.weight).__name__ == "DTensor"
+mixed = dict(attention_mask=mask, betas=[0.7, 0.4], max_new_tokens=6, temperature=1.0, seed=[3, 4, 5])
+assert torch.equal(fastdoctor.generate(sharded, ids, doctors=[sharded_doctor, first], **mixed),
+                   fastdoctor.generate(single, ids, doctors=[doctor, first], **mixed))
 # per-row weights, EOS mid-batch (row 0 stops at its third token), and the TARo router
 both = [first, doctor]
 rows = dict(attention_mask=mask, doctors=both, alpha=[1.0, 0.5, 0.2], betas=[[0.3, 0.9, 1.4], [0.5, 0.1, 0.0]],
@@ -75,7 +81,7 @@ drawn = fastdoctor.generate(sharded, ids, attention_mask=mask, doctors=[first], 
 everyone = [None, None]
 torch.distributed.all_gather_object(everyone, drawn.tolist())
 assert everyone[0] == everyone[1]
-print("rank", rank, "ok", flush=True)
+print(f"rank {{rank}} ok", flush=True)  # one write: the two ranks share the pipe
 """
 
 

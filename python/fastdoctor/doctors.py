@@ -60,17 +60,20 @@ def read_record(folder: pathlib.Path) -> dict:
     return {}
 
 
-def load_doctor(spec: str | os.PathLike, patient: nn.Module, tokenizer=None, *, dtype=None, device=None):
+def load_doctor(spec: str | os.PathLike, patient: nn.Module, tokenizer=None, *, dtype=None, device=None,
+                tp_size: int | None = None):
     """The doctor at `spec` (a folder, or bundled:NAME) for decoding with `patient`: an AdapterDoctor for an
-    adapter folder, else the HF model of the folder (in `dtype` on `device`, default the patient's). With
-    `tokenizer` (the patient's), a doctor made with another vocabulary is refused."""
+    adapter folder (sharded with the patient when the patient is), else the HF model of the folder (in `dtype`
+    on `device`, default the patient's; replicated on every rank, or sharded by its own plan with `tp_size`).
+    With `tokenizer` (the patient's), a doctor made with another vocabulary is refused."""
     folder = doctor_folder(spec)
     if adapters.is_adapter_folder(folder):
         record = read_record(folder)
         check_vocab(record.get("vocab"), tokenizer, folder, "the doctor was trained")
         return adapters.load_adapter(folder, patient).with_record(record)
     first = next(patient.parameters())
-    model, doctor_tokenizer = load_model(folder, dtype=dtype or first.dtype, device=device or first.device)
+    model, doctor_tokenizer = load_model(folder, dtype=dtype or first.dtype, device=device or first.device,
+                                         tp_size=tp_size)
     if tokenizer is not None:
         check_same_tokenizer(tokenizer, doctor_tokenizer, name=os.fspath(spec))
     return model
