@@ -19,7 +19,8 @@ from . import ops, shared_base
 from .compiled import GATE, STATIC_CACHE_BUCKET, decode_step
 from .kv_cache import cache_kwargs, output_cache
 from .models import logits_width
-from .steering import FixedWeights, RowSampling, Steering, as_steering
+from .sampling import RowSampling
+from .steering import FixedWeights, Steering, as_steering
 
 def _device_of(model) -> torch.device:
     return next(model.parameters()).device
@@ -266,18 +267,15 @@ def generate(
     bad_weights = [name for name, ok in zip(weight_names, torch.isfinite(weights).all(dim=0).tolist()) if not ok]
     if bad_weights:
         raise ValueError(f"{bad_weights[0]}: expected finite mixing weights, got NaN or inf")
-    temperature_t = ops.as_row_tensor(temperature, "temperature", batch, torch.float32, device)
-    top_k_t = ops.as_row_tensor(top_k, "top_k", batch, torch.int64, device)
-    top_p_t = ops.as_row_tensor(top_p, "top_p", batch, torch.float32, device)
-    ops.check_sampling_values(weights, temperature_t, top_k_t, top_p_t)
-    steering = as_steering(router) if router is not None else FixedWeights(weights)
-    steering.trace.clear()
     seeds = _row_seeds(seed, generator, batch, device)
     group = shared_base.tensor_parallel_group(patient)
     if group is not None and seed is None:  # drawn from each rank's own generator: every rank takes rank 0's
         torch.distributed.broadcast(seeds, group=group, group_src=0)
-    step = torch.zeros(batch, dtype=torch.int64, device=device)
-    sampling = RowSampling(temperature_t, top_k_t, top_p_t, seeds, step, vocab)
+    sampling = RowSampling.of(batch, device, temperature=temperature, top_k=top_k, top_p=top_p, seed=seeds,
+                              vocab_size=vocab, weights=weights)
+    step = sampling.step  # the rows' Philox counter, advanced in place after every step
+    steering = as_steering(router) if router is not None else FixedWeights(weights)
+    steering.trace.clear()
     eos_ids, pad = _special_ids(eos_token_id, pad_token_id, vocab)
     eos_t = torch.tensor(eos_ids, dtype=torch.int64, device=device)
     if eos_check_interval is not None and (not _is_int(eos_check_interval) or eos_check_interval < 1):

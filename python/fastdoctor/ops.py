@@ -13,66 +13,17 @@ import torch
 
 from . import _C  # noqa: F401  (loads the schemas and kernels)
 from .ranking import MAX_ROUTER_TOP_K
+from .sampling import RowParam, RowSampling, as_row_tensor, check_sampling_values  # noqa: F401  (ops.RowParam)
 
 MAX_MIX_INPUTS = 8
 _LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-RowParam = float | int | Sequence[float] | Sequence[int] | torch.Tensor
 
 
 @torch.library.register_fake("fastdoctor::mixed_sampling_from_logits")
 def _mixed_sampling_from_logits_fake(logits, weights, temperature, top_k, top_p, seed, step, vocab_size=-1):
     batch = logits[0].shape[0]
     return logits[0].new_empty(batch, dtype=torch.int64), logits[0].new_empty(batch, dtype=torch.float32)
-
-
-def as_row_tensor(value: RowParam, name: str, batch: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A [batch] tensor of `dtype` on `device` from a scalar, a sequence or a tensor of shape [] or [batch]."""
-    if isinstance(value, torch.Tensor):
-        if value.dtype == torch.bool or value.dtype.is_complex or (
-            value.dtype.is_floating_point and not dtype.is_floating_point
-        ):
-            raise TypeError(f"{name}: expected {'a floating' if dtype.is_floating_point else 'an integer'} tensor, "
-                            f"got {value.dtype}")
-        if value.device != device:
-            raise ValueError(f"{name}: expected device {device} (that of the logits), got {value.device}")
-        tensor = value
-    elif isinstance(value, bool):
-        raise TypeError(f"{name}: expected a number or a per-row sequence, got bool")
-    elif isinstance(value, (int, float)):
-        if isinstance(value, float) and not dtype.is_floating_point:
-            raise TypeError(f"{name}: expected an integer, got {value!r}")
-        if isinstance(value, int) and dtype == torch.int64 and not -(2**63) <= value < 2**63:
-            raise ValueError(f"{name}: {value} does not fit in int64")
-        return torch.full((batch,), value, dtype=dtype, device=device)
-    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
-            raise TypeError(f"{name}: expected numbers, got {list(value)!r:.80}")
-        try:
-            tensor = torch.tensor(list(value), device=device)
-        except (OverflowError, RuntimeError, ValueError) as error:
-            raise ValueError(f"{name}: {list(value)!r:.80} does not fit in {dtype} ({error})") from None
-        if tensor.dtype.is_floating_point and not dtype.is_floating_point:
-            raise TypeError(f"{name}: expected integers, got {list(value)!r}")
-    else:
-        raise TypeError(f"{name}: expected a number, a per-row sequence or a tensor, got {type(value).__name__}")
-    if tensor.dim() == 0:
-        tensor = tensor.expand(batch)
-    if tensor.shape != (batch,):
-        raise ValueError(f"{name}: expected one value per row, shape [{batch}], got {list(tensor.shape)}")
-    return tensor.to(dtype).contiguous()
-
-
-def check_sampling_values(weights, temperature, top_k, top_p) -> None:
-    if not bool(torch.isfinite(weights).all()):
-        raise ValueError("weights: expected finite mixing weights, got NaN or inf")
-    if bool((temperature < 0).any()) or not bool(torch.isfinite(temperature).all()):
-        raise ValueError("temperature: expected finite values >= 0 (0 means greedy), got "
-                         f"{temperature.tolist()}")
-    if bool((top_k < 0).any()):
-        raise ValueError(f"top_k: expected values >= 0 (0 means off), got {top_k.tolist()}")
-    if not bool(((top_p > 0) & (top_p <= 1)).all()):
-        raise ValueError(f"top_p: expected values in (0, 1] (1 means off), got {top_p.tolist()}")
 
 
 def _explain_invalid_rows(logits: Sequence[torch.Tensor], weights: torch.Tensor, tokens: torch.Tensor,
@@ -155,18 +106,10 @@ def mixed_sampling_from_logits(
         raise ValueError(f"weights: expected shape [{batch}, {num_inputs}] or [{num_inputs}], got "
                          f"{list(weights.shape)}")
     weights = weights.to(torch.float32).contiguous()
-    temperature = as_row_tensor(temperature, "temperature", batch, torch.float32, device)
-    top_k = as_row_tensor(top_k, "top_k", batch, torch.int64, device)
-    top_p = as_row_tensor(top_p, "top_p", batch, torch.float32, device)
-    seed = as_row_tensor(seed, "seed", batch, torch.int64, device)
-    step = as_row_tensor(step, "step", batch, torch.int64, device)
-    if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size <= 0):
-        raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
-    if validate:
-        check_sampling_values(weights, temperature, top_k, top_p)
-
+    s = RowSampling.of(batch, device, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, step=step,
+                       vocab_size=vocab_size, weights=weights, validate=validate)
     tokens, logprobs = torch.ops.fastdoctor.mixed_sampling_from_logits(
-        list(logits), weights, temperature, top_k, top_p, seed, step, -1 if vocab_size is None else vocab_size)
+        list(logits), weights, s.temperature, s.top_k, s.top_p, s.seed, s.step, s.vocab_size)
     if validate:
         _explain_invalid_rows(logits, weights, tokens, vocab_size or logits[0].shape[1])
     return tokens, logprobs
@@ -325,28 +268,32 @@ def routed_sampling_from_logits(
         raise TypeError(f"top_k_features: expected an int, got {top_k_features!r}")
     if not 1 <= top_k_features <= MAX_ROUTER_TOP_K:
         raise ValueError(f"top_k_features: expected K in [1, {MAX_ROUTER_TOP_K}], got {top_k_features}")
-    if w2.dim() == 2 and w2.shape[0] == 1:  # nn.Linear(H, 1).weight
-        w2 = w2[0]
-    if b2.dim() == 0:
-        b2 = b2.reshape(1)
-    temperature = as_row_tensor(temperature, "temperature", batch, torch.float32, device)
-    top_k = as_row_tensor(top_k, "top_k", batch, torch.int64, device)
-    top_p = as_row_tensor(top_p, "top_p", batch, torch.float32, device)
-    seed = as_row_tensor(seed, "seed", batch, torch.int64, device)
-    step = as_row_tensor(step, "step", batch, torch.int64, device)
-    if vocab_size is not None and (not isinstance(vocab_size, int) or vocab_size <= 0):
-        raise ValueError(f"vocab_size: expected a positive int, got {vocab_size!r}")
-    if validate:
-        # The mixing weights are (1 - alpha, alpha), finite by construction: only the row parameters to check.
-        check_sampling_values(torch.zeros(1), temperature, top_k, top_p)
-
-    tokens, logprobs, alpha = torch.ops.fastdoctor.routed_sampling_from_logits(
-        base_logits, rm_logits, embedding, w1, b1, w2, b2, temperature, top_k, top_p, seed, step, top_k_features,
-        -1 if vocab_size is None else vocab_size)
+    # The mixing weights are (1 - alpha, alpha), finite by construction: only the row parameters to check.
+    s = RowSampling.of(batch, device, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, step=step,
+                       vocab_size=vocab_size, validate=validate)
+    gating = gating_layout(dict(embedding=embedding, w1=w1, b1=b1, w2=w2, b2=b2))
+    tokens, logprobs, alpha = routed_step(base_logits, rm_logits, gating, top_k_features, s)
     if validate:
         _explain_invalid_routed_rows(base_logits, rm_logits, alpha, tokens, vocab_size or base_logits.shape[1],
                                      {"embedding": embedding, "w1": w1, "b1": b1, "w2": w2, "b2": b2})
     return tokens, logprobs, alpha
+
+
+def gating_layout(gating: dict) -> dict:
+    """The router's parameters as the routed op takes them: w2 [H] (nn.Linear(H, 1).weight is [1, H]), b2 [1]."""
+    w2, b2 = gating["w2"], gating["b2"]
+    return {**gating, "w2": w2[0] if w2.dim() == 2 and w2.shape[0] == 1 else w2,
+            "b2": b2.reshape(1) if b2.dim() == 0 else b2}
+
+
+def routed_step(base_logits: torch.Tensor, rm_logits: torch.Tensor, gating: dict, top_k_features: int,
+                sampling: RowSampling) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused routed_sampling_from_logits op on checked inputs (gating: the router's embedding, w1, b1, w2,
+    b2 in the op's layout): the one route to the kernel for the wrapper and for taro.RoutedSteering."""
+    return torch.ops.fastdoctor.routed_sampling_from_logits(
+        base_logits, rm_logits, gating["embedding"], gating["w1"], gating["b1"], gating["w2"], gating["b2"],
+        sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed, sampling.step, top_k_features,
+        sampling.vocab_size)
 
 
 @torch.library.register_fake("fastdoctor::segmented_lora_")

@@ -9,23 +9,12 @@ decided per step. generate clears the trace when it starts and trims it to the r
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Protocol
 
 import torch
 
-
-@dataclasses.dataclass(frozen=True)
-class RowSampling:
-    """The per-row sampling parameters of one decode step, already validated ([B] tensors on the device)."""
-
-    temperature: torch.Tensor  # float32
-    top_k: torch.Tensor  # int64
-    top_p: torch.Tensor  # float32
-    seed: torch.Tensor  # int64
-    step: torch.Tensor  # int64: the row's step counter (Philox counter)
-    vocab_size: int  # columns of every logit tensor that count
+from .sampling import RowSampling
 
 
 class Steering(Protocol):

@@ -22,7 +22,7 @@ from torch import nn
 from .. import ops, tokens
 from ..ranking import router_top_k
 from ..files import read_format_json, staged_directory
-from ..steering import RowSampling
+from ..sampling import RowSampling
 
 ROUTER_FORMAT = "fastdoctor.taro_router/1"
 
@@ -185,7 +185,7 @@ class RoutedSteering:
         if not isinstance(router, Router):
             raise TypeError(f"router: expected a fastdoctor.taro.Router, got {type(router).__name__}")
         self.router = router
-        self.gating = router.gating_weights()
+        self.gating = ops.gating_layout(router.gating_weights())
         self.trace: list[torch.Tensor] = []
 
     def sample_step(self, logits: list[torch.Tensor], sampling: RowSampling) -> torch.Tensor:
@@ -198,10 +198,7 @@ class RoutedSteering:
         device = self.gating["w1"].device
         if device != logits[0].device:
             raise ValueError(f"router: its parameters are on {device}, but the patient is on {logits[0].device}")
-        tokens, _, alpha = ops.routed_sampling_from_logits(
-            logits[0], logits[1], **self.gating, top_k_features=self.router.k, temperature=sampling.temperature,
-            top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed, step=sampling.step,
-            vocab_size=sampling.vocab_size, validate=False)
+        tokens, _, alpha = ops.routed_step(logits[0], logits[1], self.gating, self.router.k, sampling)
         self.trace.append(alpha)
         return tokens
 
