@@ -11,6 +11,7 @@ device except every `eos_check_interval` steps.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import torch
@@ -229,6 +230,43 @@ def generate(
       LongTensor [B, L + new], the prompt followed by the new tokens (fewer than max_new_tokens when every
       row finished early), like HF's generate.
     """
+    run = _setup(patient, input_ids, _check_doctor_list(doctors), attention_mask=attention_mask, alpha=alpha,
+                 betas=betas, router=router, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                 top_p=top_p, seed=seed, generator=generator, eos_token_id=eos_token_id,
+                 pad_token_id=pad_token_id, vocab_size=vocab_size, eos_check_interval=eos_check_interval)
+    if streamer is not None:
+        if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+            raise TypeError(f"streamer: expected an HF streamer (with put() and end()), got {type(streamer).__name__}")
+        streamer.put(input_ids.cpu())
+    with _lanes(patient, run.doctors, run.plan, compile) as lanes:
+        state = _prefill(lanes, run, input_ids, compile)
+        new_tokens = _decode(lanes, run, state, streamer, compile)
+    if streamer is not None:
+        streamer.end()
+    run.steering.trace[len(new_tokens):] = []
+    if not new_tokens:
+        return input_ids.clone()
+    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one generate call decided before its first forward: checked inputs and per-row settings."""
+
+    doctors: list
+    plan: shared_base.Plan
+    attention_mask: torch.Tensor
+    max_new_tokens: int
+    sampling: RowSampling
+    steering: Steering
+    eos_ids: list[int]
+    pad: int
+    interval: int  # steps between checks that wait on the device
+
+
+def _setup(patient, input_ids, doctors: list, *, attention_mask, alpha, betas, router, max_new_tokens, temperature,
+           top_k, top_p, seed, generator, eos_token_id, pad_token_id, vocab_size, eos_check_interval) -> _Run:
+    """Every check of generate's arguments, in one pass, before any forward."""
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids: expected a LongTensor [batch, length], got {type(input_ids).__name__}")
     if input_ids.dtype != torch.int64:
@@ -238,7 +276,6 @@ def generate(
                          f"{list(input_ids.shape)}")
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    doctors = _check_doctor_list(doctors)
     device = _device_of(patient)
     if input_ids.device != device:
         raise ValueError(f"input_ids: on {input_ids.device}, but the patient is on {device}")
@@ -253,91 +290,105 @@ def generate(
                if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__)
         raise ValueError(f"attention_mask: expected a tensor of shape {list(input_ids.shape)} on {device}, got {got}")
     _check_prompt(input_ids, attention_mask, max_new_tokens, [patient, *(doctors[i] for i in plan.separate)])
-    if router is not None and (betas is not None or not (isinstance(alpha, (int, float)) and alpha == 1.0)):
-        raise ValueError("router: it chooses the weights of every token, so alpha and betas would be ignored; "
-                         "leave alpha and betas at their defaults when giving a router")
-    if betas is None:
-        betas = [1.0] * len(doctors)
-    if len(betas) != len(doctors):
-        raise ValueError(f"betas: expected one weight per doctor ({len(doctors)}), got {len(betas)}")
-
-    weight_names = ["alpha", *[f"betas[{i}]" for i in range(len(betas))]]
-    weights = torch.stack([ops.as_row_tensor(w, name, batch, torch.float32, device)
-                           for w, name in zip([alpha, *betas], weight_names)], dim=1)
-    bad_weights = [name for name, ok in zip(weight_names, torch.isfinite(weights).all(dim=0).tolist()) if not ok]
-    if bad_weights:
-        raise ValueError(f"{bad_weights[0]}: expected finite mixing weights, got NaN or inf")
+    weights = _weights(alpha, betas, router, len(doctors), batch, device)
     seeds = _row_seeds(seed, generator, batch, device)
     group = shared_base.tensor_parallel_group(patient)
     if group is not None and seed is None:  # drawn from each rank's own generator: every rank takes rank 0's
         torch.distributed.broadcast(seeds, group=group, group_src=0)
     sampling = RowSampling.of(batch, device, temperature=temperature, top_k=top_k, top_p=top_p, seed=seeds,
                               vocab_size=vocab, weights=weights)
-    step = sampling.step  # the rows' Philox counter, advanced in place after every step
     steering = as_steering(router) if router is not None else FixedWeights(weights)
     steering.trace.clear()
     eos_ids, pad = _special_ids(eos_token_id, pad_token_id, vocab)
-    eos_t = torch.tensor(eos_ids, dtype=torch.int64, device=device)
     if eos_check_interval is not None and (not _is_int(eos_check_interval) or eos_check_interval < 1):
         raise ValueError(f"eos_check_interval: expected an int >= 1, got {eos_check_interval!r}")
     interval = eos_check_interval or (1 if device.type == "cpu" else 8)
+    return _Run(doctors, plan, attention_mask, max_new_tokens, sampling, steering, eos_ids, pad, interval)
 
-    if streamer is not None:
-        if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
-            raise TypeError(f"streamer: expected an HF streamer (with put() and end()), got {type(streamer).__name__}")
-        streamer.put(input_ids.cpu())
-    prompt_length = input_ids.shape[1]
-    with _lanes(patient, doctors, plan, compile) as lanes:
-        needed = prompt_length + max_new_tokens
-        static_length = -(-needed // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET if compile else None
-        for lane in lanes:
-            lane.cache = _new_cache(lane.model, static_length)
-        # One attention mask for the whole run, filled in as tokens arrive: the dynamic path attends to the
-        # filled prefix, the static path to the full (static-shape) width with zeros for future positions.
-        width = static_length or needed
-        full_mask = torch.zeros(batch, width, dtype=torch.int64, device=device)
-        full_mask[:, :prompt_length] = attention_mask
-        positions = (full_mask[:, :prompt_length].cumsum(-1) - 1).masked_fill_(attention_mask == 0, 1)  # HF's rule
-        logits: list[torch.Tensor] = [None] * (1 + len(doctors))
-        for lane in lanes:
-            lane.prefill(input_ids, full_mask[:, :prompt_length], positions, logits)
-        next_position = positions[:, -1:] + 1
 
-        finished = torch.zeros(batch, dtype=torch.bool, device=device)
-        invalid = torch.zeros(batch, dtype=torch.bool, device=device)
-        new_tokens: list[torch.Tensor] = []
-        all_finished: list[torch.Tensor] = []  # per step, on the device: trims trailing all-pad steps at the end
-        for index in range(max_new_tokens):
-            tokens = steering.sample_step(logits, sampling)
-            invalid |= tokens < 0
-            tokens = tokens.clamp_min(0)  # a -1 (invalid logits) must not reach an embedding lookup
-            if eos_ids:
-                tokens = torch.where(finished, pad, tokens)
-                finished |= torch.isin(tokens, eos_t)
-                all_finished.append(finished.all())
-            new_tokens.append(tokens)
-            if streamer is not None:
-                streamer.put(tokens.cpu())
-            last = index + 1 == max_new_tokens
-            if last or (index + 1) % interval == 0:
-                if bool(invalid.any()):
-                    rows = invalid.nonzero().flatten().tolist()
-                    raise ValueError(f"generate: the mixed logits of rows {rows} held NaN or +inf at step {index}")
-                if last or (eos_ids and bool(finished.all())):
-                    break
-            step += 1
-            full_mask[:, prompt_length + index] = 1
-            mask = full_mask if compile else full_mask[:, : prompt_length + index + 1]
-            for lane in lanes:
-                lane.decode(tokens.unsqueeze(1), mask, next_position, logits)
-            next_position = next_position + 1
-    if streamer is not None:
-        streamer.end()
-    if not new_tokens:
-        return input_ids.clone()
+def _weights(alpha, betas, router, doctors: int, batch: int, device: torch.device) -> torch.Tensor:
+    """The per-row mixing weights [B, 1 + doctors] (alpha, then betas), finite; none may be set with a router."""
+    if router is not None and (betas is not None or not (isinstance(alpha, (int, float)) and alpha == 1.0)):
+        raise ValueError("router: it chooses the weights of every token, so alpha and betas would be ignored; "
+                         "leave alpha and betas at their defaults when giving a router")
+    if betas is None:
+        betas = [1.0] * doctors
+    if len(betas) != doctors:
+        raise ValueError(f"betas: expected one weight per doctor ({doctors}), got {len(betas)}")
+    names = ["alpha", *[f"betas[{i}]" for i in range(len(betas))]]
+    weights = torch.stack([ops.as_row_tensor(w, name, batch, torch.float32, device)
+                           for w, name in zip([alpha, *betas], names)], dim=1)
+    bad = [name for name, ok in zip(names, torch.isfinite(weights).all(dim=0).tolist()) if not ok]
+    if bad:
+        raise ValueError(f"{bad[0]}: expected finite mixing weights, got NaN or inf")
+    return weights
+
+
+@dataclasses.dataclass
+class _State:
+    """The decode loop's moving parts: the step's logits, the attention mask filled in as tokens arrive, the
+    next positions."""
+
+    logits: list
+    full_mask: torch.Tensor
+    next_position: torch.Tensor
+    prompt_length: int
+
+
+def _prefill(lanes: list[_Lane], run: _Run, input_ids: torch.Tensor, compile: bool) -> _State:
+    """Caches for every lane, then one prefill per lane (logits of the last position only)."""
+    batch, prompt_length = input_ids.shape
+    needed = prompt_length + run.max_new_tokens
+    static_length = -(-needed // STATIC_CACHE_BUCKET) * STATIC_CACHE_BUCKET if compile else None
+    for lane in lanes:
+        lane.cache = _new_cache(lane.model, static_length)
+    # One attention mask for the whole run, filled in as tokens arrive: the dynamic path attends to the
+    # filled prefix, the static path to the full (static-shape) width with zeros for future positions.
+    full_mask = torch.zeros(batch, static_length or needed, dtype=torch.int64, device=input_ids.device)
+    full_mask[:, :prompt_length] = run.attention_mask
+    positions = (full_mask[:, :prompt_length].cumsum(-1) - 1).masked_fill_(run.attention_mask == 0, 1)  # HF's rule
+    logits: list[torch.Tensor] = [None] * (1 + len(run.doctors))
+    for lane in lanes:
+        lane.prefill(input_ids, full_mask[:, :prompt_length], positions, logits)
+    return _State(logits, full_mask, positions[:, -1:] + 1, prompt_length)
+
+
+def _decode(lanes: list[_Lane], run: _Run, state: _State, streamer, compile: bool) -> list[torch.Tensor]:
+    """The loop: sample a step from every lane's logits, pad finished rows, forward the new token. Returns the
+    new tokens per step, without trailing steps in which every row had already finished."""
+    device = state.full_mask.device
+    batch = state.full_mask.shape[0]
+    eos_t = torch.tensor(run.eos_ids, dtype=torch.int64, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    invalid = torch.zeros(batch, dtype=torch.bool, device=device)
+    new_tokens: list[torch.Tensor] = []
+    all_finished: list[torch.Tensor] = []  # per step, on the device: trims trailing all-pad steps at the end
+    for index in range(run.max_new_tokens):
+        tokens = run.steering.sample_step(state.logits, run.sampling)
+        invalid |= tokens < 0
+        tokens = tokens.clamp_min(0)  # a -1 (invalid logits) must not reach an embedding lookup
+        if run.eos_ids:
+            tokens = torch.where(finished, run.pad, tokens)
+            finished |= torch.isin(tokens, eos_t)
+            all_finished.append(finished.all())
+        new_tokens.append(tokens)
+        if streamer is not None:
+            streamer.put(tokens.cpu())
+        last = index + 1 == run.max_new_tokens
+        if last or (index + 1) % run.interval == 0:
+            if bool(invalid.any()):
+                rows = invalid.nonzero().flatten().tolist()
+                raise ValueError(f"generate: the mixed logits of rows {rows} held NaN or +inf at step {index}")
+            if last or (run.eos_ids and bool(finished.all())):
+                break
+        run.sampling.step.add_(1)  # the rows' Philox counter
+        state.full_mask[:, state.prompt_length + index] = 1
+        mask = state.full_mask if compile else state.full_mask[:, : state.prompt_length + index + 1]
+        for lane in lanes:
+            lane.decode(tokens.unsqueeze(1), mask, state.next_position, state.logits)
+        state.next_position = state.next_position + 1
     if all_finished:  # between EOS checks every row may have finished a few steps early: drop those steps
         done = torch.stack(all_finished).nonzero()
         if done.numel():
             new_tokens = new_tokens[: int(done[0, 0]) + 1]
-    del steering.trace[len(new_tokens):]
-    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+    return new_tokens
