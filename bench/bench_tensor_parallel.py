@@ -22,26 +22,10 @@ import time
 
 import torch
 
+from bench_shared_base import random_adapter
 from common import add_options, run_meta, start, write_results
 
 PROMPT = "I missed my bus this morning and then it started to rain. What should I do to cheer up?"
-
-
-def random_doctors(patient, count: int):
-    from fastdoctor import adapters, weights
-    from fastdoctor.lora import attach_lora
-
-    doctors = []
-    for seed in range(count):
-        torch.manual_seed(seed)
-        lm = attach_lora(weights.weight_sharing_copy(patient), rank=8)
-        with torch.no_grad():
-            for name, p in lm.named_parameters():
-                if "lora_B" in name:
-                    p.normal_(0.0, 0.01)
-        doctor, _ = adapters.snapshot(lm.eval())
-        doctors.append(doctor.to())
-    return doctors
 
 
 def measure(folder: str, tp: int | None, doctors: int, new_tokens: int, reps: int) -> dict:
@@ -50,7 +34,7 @@ def measure(folder: str, tp: int | None, doctors: int, new_tokens: int, reps: in
 
     patient, tokenizer = fastdoctor.load_model(folder, tp_size=tp)
     single = patient if tp is None else fastdoctor.load_model(folder)[0]
-    adapters = random_doctors(single, doctors)  # drawn on the unsharded model: the same doctors on every rank
+    adapters = [random_adapter(single, seed) for seed in range(doctors)]  # the same doctors on every rank
     ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)["input_ids"]
     calls = [0]

@@ -192,6 +192,21 @@ def tiny_model(family: str, *, vocab: int = VOCAB, layers: int = 2, seed: int = 
     return model.eval()
 
 
+def random_lora(patient, *, seed: int, rank: int = 4, base=None):
+    """A peft LoRA model of `patient` (over a weight-sharing copy, or over `base`) with every LoRA A and B drawn
+    from N(0, 0.3): a doctor whose deltas change the tokens."""
+    from fastdoctor import weights
+    from fastdoctor.lora import attach_lora
+
+    torch.manual_seed(seed)
+    lm = attach_lora(base if base is not None else weights.weight_sharing_copy(patient), rank=rank)
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.3)
+    return lm.eval()
+
+
 class Opaque(torch.nn.Module):
     """A model as a separate doctor: it forwards to `inner` (a peft LoRA model, say) but is no LoRA model to
     shared_base.plan, so generate runs it in a lane of its own. The reference the stacked forward is checked

@@ -11,23 +11,16 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import fastdoctor
-from fastdoctor import adapters, weights
-from fastdoctor.lora import attach_lora
-from conftest import left_padded_prompts, tiny_model
+from fastdoctor import adapters
+from conftest import left_padded_prompts, random_lora, tiny_model
 
 WEIGHTS = "adapter_model.safetensors"
 
 
 def saved_adapter(patient, folder, *, seed: int = 1, rank: int = 4):
     """A rank-`rank` LoRA of `patient` with random A and B, saved as fastdoctor saves one."""
-    torch.manual_seed(seed)
-    lm = attach_lora(weights.weight_sharing_copy(patient), rank=rank)
-    with torch.no_grad():
-        for name, p in lm.named_parameters():
-            if "lora_" in name:
-                p.normal_(0.0, 0.3)
     folder.mkdir(parents=True, exist_ok=True)
-    adapters.save_adapter(lm.eval(), folder)
+    adapters.save_adapter(random_lora(patient, seed=seed, rank=rank), folder)
     return folder
 
 

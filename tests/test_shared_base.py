@@ -13,22 +13,15 @@ from peft import PeftModel
 
 import fastdoctor
 from fastdoctor import adapters, shared_base, weights
-from fastdoctor.lora import attach_lora
-from conftest import VOCAB, Opaque, left_padded_prompts, tiny_model
+from conftest import VOCAB, Opaque, left_padded_prompts, random_lora, tiny_model
 
 FAMILIES = ["llama", "qwen2", "gpt2"]
 
 
 def random_adapter(patient, folder, seed: int, rank: int = 4):
     """A peft LoRA of `patient` with random non-zero A and B, saved in peft's format to `folder`."""
-    torch.manual_seed(seed)
-    lm = attach_lora(weights.weight_sharing_copy(patient), rank=rank)
-    with torch.no_grad():
-        for name, p in lm.named_parameters():
-            if "lora_" in name:
-                p.normal_(0.0, 0.3)
     folder.mkdir(parents=True, exist_ok=True)
-    adapters.save_adapter(lm, folder)  # peft's files and base.json, as fastdoctor writes them
+    adapters.save_adapter(random_lora(patient, seed=seed, rank=rank), folder)  # peft's files and base.json
     return folder
 
 

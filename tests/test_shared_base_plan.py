@@ -15,20 +15,13 @@ import torch
 from torch import nn
 
 import fastdoctor
-from fastdoctor import adapters, shared_base, weights
-from fastdoctor.lora import attach_lora
-from conftest import Opaque, left_padded_prompts, tiny_model
+from fastdoctor import adapters, shared_base
+from conftest import Opaque, left_padded_prompts, random_lora, tiny_model
 
 
 def peft_doctor(patient, *, seed: int, rank: int = 4, base=None):
     """A peft LoRA doctor with random A and B over `base` (default: a weight-sharing copy of `patient`)."""
-    torch.manual_seed(seed)
-    lm = attach_lora(base if base is not None else weights.weight_sharing_copy(patient), rank=rank)
-    with torch.no_grad():
-        for name, p in lm.named_parameters():
-            if "lora_" in name:
-                p.normal_(0.0, 0.3)
-    return lm.eval()
+    return random_lora(patient, seed=seed, rank=rank, base=base)
 
 
 def greedy(patient, doctors, **kwargs):

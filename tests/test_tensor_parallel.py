@@ -88,24 +88,15 @@ print(f"rank {{rank}} ok", flush=True)  # one write: the two ranks share the pip
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama", "qwen2"])  # Qwen2's q/k/v carry biases: split with the rows
 def test_a_tensor_parallel_patient_decodes_like_one_process(tmp_path, family):
-    import torch
-
-    from fastdoctor import adapters, weights
-    from fastdoctor.lora import attach_lora
-    from conftest import tiny_model
+    from fastdoctor import adapters
+    from conftest import random_lora, tiny_model
 
     patient = tiny_model(family, seed=0)
     patient.save_pretrained(tmp_path / "patient")
     tiny_model(family, seed=1).save_pretrained(tmp_path / "doctor")
     for name, seed in (("adapter", 1), ("adapter2", 2)):
-        torch.manual_seed(seed)
-        lm = attach_lora(weights.weight_sharing_copy(patient), rank=4)
-        with torch.no_grad():
-            for key, p in lm.named_parameters():
-                if "lora_" in key:
-                    p.normal_(0.0, 0.3)
         (tmp_path / name).mkdir()
-        adapters.save_adapter(lm.eval(), tmp_path / name)
+        adapters.save_adapter(random_lora(patient, seed=seed), tmp_path / name)
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(HERE), patient=str(tmp_path / "patient"), doctor=str(tmp_path / "doctor"),
                                     adapter=str(tmp_path / "adapter"), adapter2=str(tmp_path / "adapter2")))
@@ -119,21 +110,13 @@ def test_a_tensor_parallel_patient_decodes_like_one_process(tmp_path, family):
 @pytest.mark.slow
 def test_the_cli_decodes_under_torchrun_and_prints_once(model_folders, tmp_path):
     """`torchrun --nproc_per_node 2 -m fastdoctor.cli generate --tp 2`: the single-process text, printed once."""
-    import torch
-
-    from fastdoctor import adapters, weights
-    from fastdoctor.lora import attach_lora
+    from fastdoctor import adapters
     from fastdoctor.models import load_model
+    from conftest import random_lora
 
     patient, _ = load_model(model_folders["patient"])
-    torch.manual_seed(1)
-    lm = attach_lora(weights.weight_sharing_copy(patient), rank=4)
-    with torch.no_grad():
-        for key, p in lm.named_parameters():
-            if "lora_B" in key:
-                p.normal_(0.0, 0.3)
     (tmp_path / "adapter").mkdir()
-    adapters.save_adapter(lm.eval(), tmp_path / "adapter")
+    adapters.save_adapter(random_lora(patient, seed=1), tmp_path / "adapter")
     args = ["generate", "--patient", str(model_folders["patient"]), "--doctor", str(tmp_path / "adapter"),
             "--prompt", "My bus was late.", "--max-new-tokens", "6", "--temperature", "0", "--dtype", "float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
