@@ -503,3 +503,12 @@ def test_cli_eval(cli_runs):
     assert results["next_step"]["contexts"] > 0 and len(results["next_step"]["variants"]) == 4
     assert (root / "a.png").stat().st_size > 0
     assert runs["eval-no-rm"].returncode != 0 and "--router needs --rm" in runs["eval-no-rm"].stderr
+
+
+def test_a_router_with_a_nan_weight_is_refused_naming_it():
+    torch.manual_seed(0)
+    router = taro.Router(50, k=5, embed_dim=4, hidden=16)
+    with torch.no_grad():
+        router.out.weight[0, 3] = float("nan")
+    with pytest.raises(ValueError, match=r"router: its parameter out.weight holds NaN or inf"):
+        taro.RoutedSteering(router)

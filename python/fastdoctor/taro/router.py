@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import ops, tokens
 from ..ranking import router_top_k
-from ..files import read_format_json, staged_directory
+from ..files import first_non_finite, read_format_json, staged_directory
 from ..sampling import RowSampling
 
 ROUTER_FORMAT = "fastdoctor.taro_router/1"
@@ -184,6 +184,9 @@ class RoutedSteering:
     def __init__(self, router: Router):
         if not isinstance(router, Router):
             raise TypeError(f"router: expected a fastdoctor.taro.Router, got {type(router).__name__}")
+        bad = first_non_finite(router.named_parameters())
+        if bad is not None:  # otherwise it surfaces per token as invalid mixed logits, naming nothing
+            raise ValueError(f"router: its parameter {bad} holds NaN or inf")
         self.router = router
         self.gating = ops.gating_layout(router.gating_weights())
         self.trace: list[torch.Tensor] = []
