@@ -72,9 +72,10 @@ def _device_of(model) -> torch.device:
 
 
 def decode_step(model, compiled: bool):
-    """The decode-step forward of `model`: its own (eager), or its forward compiled once per model."""
+    """The decode-step forward of `model`: its own (eager), or its forward compiled once per model; either
+    runs through GATE."""
     if not compiled:
-        return _Eager(model)
+        return _Gated(model, GATE.eager)
     function = _COMPILED.get(model)
     if function is None:
         if _device_of(model).type == "cuda":
@@ -83,26 +84,19 @@ def decode_step(model, compiled: bool):
             # No weight freezing: with a StaticCache passed in, frozen graphs baked the cache's position
             # counter in as a constant (torch 2.13) and indexed out of bounds on the next call.
             compiled_forward = torch.compile(model.forward, dynamic=False)
-        function = _Compiled(compiled_forward)
+        function = _Gated(compiled_forward, GATE.compiled)
         _COMPILED[model] = function
     return function
 
 
-class _Eager:
-    def __init__(self, model):
-        self.model = model
+class _Gated:
+    """`function` called inside one side of the gate (GATE.eager or GATE.compiled)."""
+
+    def __init__(self, function, side):
+        self.function, self.side = function, side
 
     def __call__(self, **kwargs):
-        with GATE.eager():
-            return self.model(**kwargs)
-
-
-class _Compiled:
-    def __init__(self, function):
-        self.function = function
-
-    def __call__(self, **kwargs):
-        with GATE.compiled():
+        with self.side():
             return self.function(**kwargs)
 
 

@@ -64,7 +64,6 @@ def check_sampling_values(weights, temperature, top_k, top_p) -> None:
         raise ValueError(f"top_p: expected values in (0, 1] (1 means off), got {top_p.tolist()}")
 
 
-
 @dataclasses.dataclass(frozen=True)
 class RowSampling:
     """The per-row sampling parameters of one decode step, already validated ([B] tensors on the device)."""

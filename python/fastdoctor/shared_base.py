@@ -147,12 +147,12 @@ class StackedLoRA:
         self.segments = sorted(layout)
         self.scales = [layout[s].scale for s in self.segments]
         self.segment_count = segment_count
-        self.parallel, self.weight, self.span, self.group = _tensor_parallel_layout(module.weight)
+        self.parallel, self.weight, span, self.group = _tensor_parallel_layout(module.weight)
         bias = module.bias if isinstance(module, nn.Linear) else None
         self.bias = weights.local_tensor(bias) if bias is not None else None
         self.weight_dtype = torch.bfloat16 if self.weight.dtype == torch.bfloat16 else torch.float32
-        self.in_span = self.span if self.parallel == "row" else None  # the slice of A's columns this rank holds
-        self.out_span = self.span if self.parallel == "col" else None  # the slice of B's rows
+        self.in_span = span if self.parallel == "row" else None  # the slice of A's columns this rank holds
+        self.out_span = span if self.parallel == "col" else None  # the slice of B's rows
         device = self.weight.device
         self.shrink = [torch.empty(_part(layout[s].a, None, self.in_span).shape, dtype=self.weight_dtype,
                                    device=device) for s in self.segments]
